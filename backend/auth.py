@@ -1,0 +1,273 @@
+"""Bearer-token authentication: Better Auth HS256 and JWKS (EdDSA/ES/RS/PS) tokens -> Principal."""
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import httpx
+import jwt
+from fastapi import Depends, Request, Response
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPBearer
+
+from backend.config import Settings
+from backend.errors import ServiceUnavailable, Unauthenticated
+from backend.rate_limit import enforce_rate_limit
+
+logger = logging.getLogger(__name__)
+
+HS_ALGORITHMS = frozenset({"HS256"})
+JWKS_ALGORITHMS = frozenset({"EdDSA", "ES256", "ES512", "RS256", "PS256"})
+MAX_TOKEN_LENGTH = 8192
+MAX_ID_LENGTH = 255
+MAX_JWKS_BYTES = 256 * 1024
+
+# Registers the scheme in OpenAPI (Swagger's "Authorize" button); the check itself is `authenticate`.
+bearer_scheme = HTTPBearer(auto_error=False, description="A Better Auth JWT: `Authorization: Bearer <token>`")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller. Every service call is scoped to `user_id`."""
+
+    user_id: str
+    email: str | None = None
+    name: str | None = None
+
+
+def _text_claim(raw: Any, max_length: int = MAX_ID_LENGTH) -> str | None:
+    if not isinstance(raw, str):
+        return None
+    value: str = raw.strip()
+    if not value or len(value) > max_length or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
+
+
+def principal_from_claims(claims: dict[str, Any]) -> Principal:
+    """User id from `sub`, Better Auth's session-cache shape, `user_id`, then `id`; never `userId` alone."""
+    user: dict[str, Any] = claims["user"] if isinstance(claims.get("user"), dict) else {}
+    session: dict[str, Any] = claims["session"] if isinstance(claims.get("session"), dict) else {}
+    user_id: str | None = None
+    if "sub" in claims:
+        user_id = _text_claim(claims["sub"])
+    elif session and user:
+        session_user, token_user = _text_claim(session.get("userId")), _text_claim(user.get("id"))
+        user_id = session_user if session_user is not None and session_user == token_user else None
+    elif "user_id" in claims:
+        user_id = _text_claim(claims["user_id"])
+    elif "id" in claims:
+        user_id = _text_claim(claims["id"])
+    if user_id is None:
+        raise Unauthenticated("Token carries no usable user id (sub)")
+    email = _text_claim(claims.get("email"), 320) or _text_claim(user.get("email"), 320)
+    name = _text_claim(claims.get("name")) or _text_claim(user.get("name"))
+    return Principal(user_id=user_id, email=email, name=name)
+
+
+_ERROR_DETAILS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
+    (jwt.ExpiredSignatureError, "Token has expired"),
+    (jwt.ImmatureSignatureError, "Token is not yet valid (nbf/iat in the future)"),
+    (jwt.InvalidSignatureError, "Invalid token signature"),
+    (jwt.InvalidIssuerError, "Wrong token issuer (iss)"),
+    (jwt.InvalidAudienceError, "Wrong token audience (aud)"),
+    (jwt.InvalidIssuedAtError, "Malformed token: iat must be a number"),
+    (jwt.DecodeError, "Malformed token"),
+)
+
+
+def _unauthenticated(exc: jwt.PyJWTError) -> Unauthenticated:
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return Unauthenticated(f"Token is missing the required {exc.claim!r} claim")
+    for error_type, detail in _ERROR_DETAILS:
+        if isinstance(exc, error_type):
+            return Unauthenticated(detail)
+    return Unauthenticated("Invalid token")
+
+
+class JwksCache:
+    """Better Auth's public keys by `kid`, refetched on an unknown kid at most once per interval."""
+
+    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
+        self._url = settings.jwks_url
+        self._ttl = settings.jwks_cache_seconds
+        self._min_refetch = settings.jwks_min_refetch_seconds
+        self._client = client
+        self._keys: dict[str, dict[str, Any]] = {}
+        self._parsed: dict[tuple[str, str], jwt.PyJWK] = {}
+        self._fetched_at = float("-inf")
+        self._attempted_at = float("-inf")
+        self._lock = asyncio.Lock()
+        self.fetch_count = 0
+
+    async def key_for(self, kid: str, alg: str) -> jwt.PyJWK:
+        now = time.monotonic()
+        stale = now - self._fetched_at > self._ttl
+        if kid not in self._keys or stale:
+            await self._refresh()
+        jwk = self._keys.get(kid)
+        if jwk is None:
+            if not self._keys and self._fetched_at == float("-inf"):
+                raise ServiceUnavailable("Cannot verify the token: Better Auth's JWKS is unreachable", retry_after=5)
+            raise Unauthenticated("Token signed with an unknown key (kid)")
+        if jwk.get("alg", alg) != alg:
+            raise Unauthenticated("Token algorithm does not match its key")
+        parsed = self._parsed.get((kid, alg))
+        if parsed is None:
+            try:
+                parsed = jwt.PyJWK(jwk, algorithm=alg)
+            except jwt.PyJWTError:
+                raise Unauthenticated("Token algorithm does not match its key") from None
+            self._parsed[(kid, alg)] = parsed
+        return parsed
+
+    async def _refresh(self) -> None:
+        async with self._lock:
+            now = time.monotonic()
+            # Whoever waited on the lock may find the set just fetched; and a flood of unknown
+            # kids costs Better Auth one request per interval, not one per token.
+            if now - self._attempted_at < self._min_refetch:
+                return
+            self._attempted_at = now
+            self.fetch_count += 1
+            try:
+                response = await self._client.get(self._url)
+                response.raise_for_status()
+                if len(response.content) > MAX_JWKS_BYTES:
+                    raise ValueError("JWKS response too large")
+                keys = response.json().get("keys", [])
+                fresh = {k["kid"]: k for k in keys if isinstance(k, dict) and isinstance(k.get("kid"), str)}
+            except (httpx.HTTPError, ValueError, AttributeError, KeyError) as exc:
+                logger.warning("JWKS fetch from %s failed: %s", self._url, exc)
+                return
+            self._keys, self._parsed, self._fetched_at = fresh, {}, now
+
+
+class TokenVerifier:
+    """Verifies a bearer token with the verifier its algorithm selects; both yield one Principal."""
+
+    def __init__(self, settings: Settings, jwks: JwksCache) -> None:
+        self._secret = settings.better_auth_secret
+        self._leeway = settings.jwt_leeway_seconds
+        self._hs_issuer = settings.jwt_issuer
+        self._hs_audience = settings.jwt_audience
+        self._jwks_issuer = settings.jwt_issuer or settings.better_auth_origin
+        self._jwks_audience = settings.jwt_audience or settings.better_auth_origin
+        self._jwks = jwks
+
+    async def verify(self, token: str) -> Principal:
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise Unauthenticated("Token too large")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthenticated("Malformed token") from None
+        alg = header.get("alg")
+        if alg in HS_ALGORITHMS:
+            claims = self._decode(token, self._secret, alg, self._hs_issuer, self._hs_audience)
+        elif alg in JWKS_ALGORITHMS:
+            kid = header.get("kid")
+            if not isinstance(kid, str) or not kid:
+                raise Unauthenticated("Token has no key id (kid)")
+            key = await self._jwks.key_for(kid, alg)
+            claims = self._decode(token, key, alg, self._jwks_issuer, self._jwks_audience)
+        else:
+            raise Unauthenticated(f"Token algorithm {str(alg)[:20]!r} is not accepted")
+        return principal_from_claims(claims)
+
+    def _decode(self, token: str, key: Any, alg: str, issuer: str | None, audience: str | None) -> dict[str, Any]:
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                issuer=issuer,
+                audience=audience,
+                leeway=self._leeway,
+                options={"require": ["exp"], "verify_aud": audience is not None},
+            )
+        except jwt.PyJWTError as exc:
+            raise _unauthenticated(exc) from None
+        return claims
+
+
+def bearer_token(authorization: str | None) -> str:
+    if not authorization:
+        raise Unauthenticated("Missing bearer token")
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise Unauthenticated("Authorization header must use the Bearer scheme")
+    token = token.strip()
+    if not token:
+        raise Unauthenticated("Missing bearer token")
+    return token
+
+
+async def authenticate(request: Request, *, required: bool = True) -> Principal | None:
+    """Verify the bearer token, then charge the caller's rate budget (user, else client IP).
+
+    The rate limit runs before a failed authentication is reported, so floods of bad tokens
+    are limited too. With `required=False` a request without any Authorization header passes
+    as anonymous (GraphQL introspection); a present but invalid token still fails.
+    """
+    authorization = request.headers.get("authorization")
+    principal: Principal | None = None
+    failure: Unauthenticated | None = None
+    try:
+        principal = await request.app.state.token_verifier.verify(bearer_token(authorization))
+    except Unauthenticated as exc:
+        failure = exc
+    request.state.principal = principal
+    await enforce_rate_limit(request)
+    if failure is not None and (required or authorization is not None):
+        raise failure
+    return principal
+
+
+async def get_principal(request: Request, _credentials: Annotated[Any, Depends(bearer_scheme)]) -> Principal:
+    """The principal `AuthenticatedRoute` verified before FastAPI parsed the request body."""
+    principal: Principal = request.state.principal
+    return principal
+
+
+async def get_optional_principal(request: Request) -> Principal | None:
+    return await authenticate(request, required=False)
+
+
+class AuthenticatedRoute(APIRoute):
+    """Authenticates (and rate-limits) before FastAPI reads the body, so a bad token always wins."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def authenticated_handler(request: Request) -> Response:
+            await authenticate(request)
+            return await handle(request)
+
+        return authenticated_handler
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+OptionalPrincipalDep = Annotated[Principal | None, Depends(get_optional_principal)]
+
+
+def mint_dev_token(
+    settings: Settings, user_id: str, *, email: str | None = None, name: str | None = None, ttl_seconds: int = 24 * 3600
+) -> str:
+    """An HS256 token signed with BETTER_AUTH_SECRET, as a frontend minting its own would send."""
+    now = int(time.time())
+    claims = {
+        "sub": user_id,
+        "email": email or f"{user_id}@example.com",
+        "name": name or user_id.title(),
+        "iat": now,
+        "exp": now + ttl_seconds,
+    }
+    return jwt.encode(claims, settings.better_auth_secret, algorithm="HS256")

@@ -1,0 +1,102 @@
+"""Settings: the only code that reads environment variables (and `.env` in development)."""
+
+from functools import lru_cache
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Dev-only fallback. Any environment other than "development" refuses to start with it.
+DEV_SECRET = "dev-only-insecure-secret-change-me-0123456789abcdef"
+MIN_SECRET_BYTES = 32
+
+
+class Settings(BaseSettings):
+    # The contract fixes the variable names (DATABASE_URL, BETTER_AUTH_SECRET, ...), so no env prefix.
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    app_env: Literal["development", "test", "production"] = "development"
+
+    database_url: str = "sqlite+aiosqlite:///./todo.db"
+    db_pool_size: int = Field(default=10, ge=1, le=1000)
+    db_max_overflow: int = Field(default=10, ge=0, le=1000)
+    db_pool_timeout: float = Field(default=10.0, gt=0)
+    db_pool_recycle: int = Field(default=240, ge=-1)  # Neon suspends idle computes after 300 s
+    db_connect_timeout: float = Field(default=5.0, gt=0)
+    db_statement_timeout_ms: int = Field(default=10_000, ge=0)
+    # None: decided from the URL (Neon "-pooler" hosts, port 6432, or pgbouncer=true in the query).
+    db_pgbouncer: bool | None = None
+
+    better_auth_secret: str = ""
+    better_auth_url: str = "http://localhost:3000"
+    better_auth_jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway_seconds: int = Field(default=30, ge=0, le=3600)
+    jwks_cache_seconds: int = Field(default=300, ge=1)
+    jwks_min_refetch_seconds: float = Field(default=5.0, ge=0)
+    jwks_fetch_timeout: float = Field(default=3.0, gt=0)
+    user_table: str = Field(default="user", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+    forwarded_allow_ips: str = "127.0.0.1"  # proxies whose X-Forwarded-For is trusted (uvicorn's syntax)
+
+    cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:3000"]
+
+    rate_limit: str = "120/minute"
+    redis_url: str | None = None
+
+    graphql_introspection: bool | None = None  # None: on in development, off elsewhere
+    graphiql: bool | None = None  # None: follows introspection
+    graphql_max_depth: int = Field(default=10, ge=1)
+    graphql_max_aliases: int = Field(default=30, ge=1)
+    graphql_max_tokens: int = Field(default=2000, ge=1)
+
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    idempotency_ttl_hours: int = Field(default=24, ge=24)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _enforce_secret(self) -> "Settings":
+        if not self.better_auth_secret:
+            if self.app_env != "development":
+                raise ValueError(
+                    "BETTER_AUTH_SECRET is required outside development "
+                    f"(at least {MIN_SECRET_BYTES} bytes; generate one with `openssl rand -base64 32`)"
+                )
+            self.better_auth_secret = DEV_SECRET
+        elif self.app_env != "development" and len(self.better_auth_secret.encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"BETTER_AUTH_SECRET must be at least {MIN_SECRET_BYTES} bytes")
+        if self.app_env != "development" and self.better_auth_secret == DEV_SECRET:
+            raise ValueError("BETTER_AUTH_SECRET is the development placeholder; set a real secret")
+        return self
+
+    @property
+    def introspection_enabled(self) -> bool:
+        if self.graphql_introspection is None:
+            return self.app_env != "production"
+        return self.graphql_introspection
+
+    @property
+    def graphiql_enabled(self) -> bool:
+        return self.introspection_enabled if self.graphiql is None else self.graphiql
+
+    @property
+    def better_auth_origin(self) -> str:
+        parts = urlsplit(self.better_auth_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @property
+    def jwks_url(self) -> str:
+        return self.better_auth_jwks_url or self.better_auth_url.rstrip("/") + "/api/auth/jwks"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

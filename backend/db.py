@@ -1,0 +1,155 @@
+"""Async engine, sessions and schema creation for PostgreSQL (asyncpg) and SQLite (aiosqlite)."""
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy import Table, event, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlmodel import SQLModel
+
+from backend.config import Settings
+
+logger = logging.getLogger(__name__)
+
+# Query parameters that libpq/Neon URLs carry and asyncpg does not take as-is.
+_SSL_PARAMS = ("sslmode", "ssl")
+_DROPPED_PARAMS = ("channel_binding", "pgbouncer", "connect_timeout")
+_SCHEMA_LOCK_ID = 727_274_001  # pg_advisory_xact_lock key: one instance creates the schema at a time
+
+
+def normalize_database_url(raw_url: str) -> URL:
+    """Accept what Neon and Heroku-style providers hand out and point it at an async driver."""
+    url = make_url(raw_url)
+    if url.drivername in ("postgres", "postgresql", "postgresql+psycopg2", "postgresql+psycopg"):
+        url = url.set(drivername="postgresql+asyncpg")
+    elif url.drivername == "sqlite":
+        url = url.set(drivername="sqlite+aiosqlite")
+    if url.drivername not in ("postgresql+asyncpg", "sqlite+aiosqlite"):
+        raise ValueError(f"DATABASE_URL: unsupported driver {url.drivername!r} (use postgresql:// or sqlite://)")
+    if url.drivername == "postgresql+asyncpg":
+        unknown = set(url.query) - {*_SSL_PARAMS, *_DROPPED_PARAMS, "application_name"}
+        if unknown:
+            raise ValueError(f"DATABASE_URL: unsupported query parameter(s) {sorted(unknown)}")
+        url = url.difference_update_query([*_SSL_PARAMS, *_DROPPED_PARAMS, "application_name"])
+    return url
+
+
+def is_pgbouncer(raw_url: str, settings: Settings) -> bool:
+    if settings.db_pgbouncer is not None:
+        return settings.db_pgbouncer
+    url = make_url(raw_url)
+    return "-pooler" in (url.host or "") or url.port == 6432 or url.query.get("pgbouncer") == "true"
+
+
+def _postgres_connect_args(settings: Settings) -> dict[str, Any]:
+    original = make_url(settings.database_url)
+    args: dict[str, Any] = {
+        "timeout": settings.db_connect_timeout,
+        "command_timeout": settings.db_statement_timeout_ms / 1000 or None,
+    }
+    sslmode = original.query.get("sslmode") or original.query.get("ssl")
+    if sslmode:
+        args["ssl"] = sslmode if isinstance(sslmode, str) else sslmode[-1]
+    server_settings = {"application_name": str(original.query.get("application_name", "todo-api"))}
+    if is_pgbouncer(settings.database_url, settings):
+        # Transaction pooling hands each transaction to any server connection, so a named
+        # prepared statement may not exist where the next statement runs. Unique names and
+        # no statement caches keep asyncpg correct there (SQLAlchemy asyncpg docs, "pgbouncer").
+        args["statement_cache_size"] = 0
+        args["prepared_statement_cache_size"] = 0
+        args["prepared_statement_name_func"] = lambda: f"__asyncpg_{uuid.uuid4()}__"
+    else:
+        # PgBouncer refuses unknown startup parameters; a direct server takes them.
+        server_settings["statement_timeout"] = str(settings.db_statement_timeout_ms)
+    args["server_settings"] = server_settings
+    return args
+
+
+def _register_sqlite_hooks(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # The sqlite3 driver's own transaction handling breaks SAVEPOINT and begins lazily;
+        # SQLAlchemy's documented fix: driver autocommit off, explicit BEGIN. IMMEDIATE takes
+        # the write lock up front, so a second process waits (busy_timeout) instead of failing.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        # SQLite's lower() and LIKE fold ASCII only; the API promises Unicode case-insensitivity.
+        dbapi_connection.create_function("unicode_lower", 1, _unicode_lower, deterministic=True)
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+
+def _unicode_lower(value: str | None) -> str | None:
+    return value.lower() if isinstance(value, str) else value
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    url = normalize_database_url(settings.database_url)
+    if url.drivername == "sqlite+aiosqlite":
+        # One connection: SQLite has one writer at a time, and a deferred transaction that
+        # later writes fails with "database is locked" instead of waiting.
+        engine = create_async_engine(
+            url, pool_size=1, max_overflow=0, pool_timeout=settings.db_pool_timeout, pool_pre_ping=True
+        )
+        _register_sqlite_hooks(engine)
+        return engine
+    return create_async_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout,
+        pool_recycle=settings.db_pool_recycle,
+        pool_pre_ping=True,
+        connect_args=_postgres_connect_args(settings),
+    )
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+async def create_schema(engine: AsyncEngine, *, attempts: int = 5) -> None:
+    """Create missing tables and indexes; never alters a table that exists (Better Auth's "user")."""
+    for attempt in range(1, attempts + 1):
+        try:
+            async with engine.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    await connection.execute(text(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_ID})"))
+                await connection.run_sync(SQLModel.metadata.create_all, checkfirst=True)
+            return
+        except (OperationalError, ProgrammingError) as exc:
+            # Two instances racing on SQLite both see "no table" and one then fails; the retry sees it.
+            if attempt == attempts:
+                raise
+            logger.warning("schema creation raced or failed (%s); retrying", exc.__class__.__name__)
+            await asyncio.sleep(0.2 * attempt)
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One session per request; closing it rolls back whatever a service did not commit."""
+    async with request.app.state.sessionmaker() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+def insert_ignoring_conflicts(session: AsyncSession, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """INSERT ... ON CONFLICT DO NOTHING in the session's dialect."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    return sqlite.insert(table).on_conflict_do_nothing()

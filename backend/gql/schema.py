@@ -1,0 +1,131 @@
+"""The Strawberry schema (target of `strawberry export-schema backend.gql.schema:schema`) and router."""
+
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+import strawberry
+from cross_web import HTTPException as StrawberryHTTPException
+from fastapi import Response
+from fastapi.responses import JSONResponse
+from graphql import GraphQLError
+from strawberry.extensions import (
+    DisableIntrospection,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    SchemaExtension,
+    ValidationCache,
+)
+from strawberry.fastapi import GraphQLRouter
+from strawberry.types import ExecutionContext
+
+from backend.config import Settings, get_settings
+from backend.errors import DomainError, as_domain_error, error_body
+from backend.gql.context import get_context
+from backend.gql.resolvers import Mutation, Query
+from backend.gql.types import DateTime
+
+logger = logging.getLogger(__name__)
+
+# HTTP statuses for errors that concern the whole request rather than one field.
+_REQUEST_LEVEL_CODES = {"UNAUTHENTICATED", "RATE_LIMITED", "SERVICE_UNAVAILABLE"}
+
+
+class ErrorPolicy(SchemaExtension):
+    """Domain errors keep their message and `extensions.code`; anything else is masked as INTERNAL.
+
+    Parse, validation and variable errors (no original error) are the client's: BAD_USER_INPUT.
+    Missing auth, rate limits and an unreachable database also set the HTTP status and headers.
+    """
+
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        if result is None or not result.errors:
+            return
+        result.errors = [self._apply(error) for error in result.errors]
+
+    def _apply(self, error: GraphQLError) -> GraphQLError:
+        original = error.original_error
+        if original is None:
+            if not (error.extensions or {}).get("code"):
+                error.extensions = {**(error.extensions or {}), "code": "BAD_USER_INPUT"}
+            return error
+        domain_error = as_domain_error(original)
+        if domain_error is None:
+            logger.error("unexpected error in GraphQL resolver", exc_info=original)
+            return GraphQLError(
+                "Internal server error",
+                error.nodes,
+                error.source,
+                error.positions,
+                error.path,
+                extensions={"code": "INTERNAL"},
+            )
+        if domain_error.code in _REQUEST_LEVEL_CODES:
+            self._set_http_status(domain_error)
+        if domain_error is original:
+            return error
+        return GraphQLError(
+            domain_error.message,
+            error.nodes,
+            error.source,
+            error.positions,
+            error.path,
+            original_error=domain_error,
+        )
+
+    def _set_http_status(self, domain_error: DomainError) -> None:
+        response: Response | None = getattr(self.execution_context.context, "response", None)
+        if response is not None:
+            response.status_code = domain_error.status_code
+            response.headers.update(domain_error.headers)
+
+
+class QuietSchema(strawberry.Schema):
+    """Strawberry logs every error with a traceback; ErrorPolicy logs only the unexpected ones."""
+
+    def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
+        return None
+
+
+def build_schema(settings: Settings) -> strawberry.Schema:
+    extensions: list[Callable[[], SchemaExtension]] = [
+        functools.partial(MaxTokensLimiter, max_token_count=settings.graphql_max_tokens),
+        functools.partial(ParserCache, maxsize=512),
+        functools.partial(QueryDepthLimiter, max_depth=settings.graphql_max_depth),
+        functools.partial(MaxAliasesLimiter, max_alias_count=settings.graphql_max_aliases),
+        functools.partial(ValidationCache, maxsize=512),
+        ErrorPolicy,
+    ]
+    if not settings.introspection_enabled:
+        extensions.insert(0, DisableIntrospection)
+    return QuietSchema(query=Query, mutation=Mutation, extensions=extensions, scalar_overrides={datetime: DateTime})
+
+
+class TodoGraphQLRouter(GraphQLRouter[Any, None]):
+    """Strawberry's router, with its plain-text HTTP errors turned into the API's JSON errors."""
+
+    async def run(self, request: Any, context: Any = strawberry.UNSET, root_value: Any = strawberry.UNSET) -> Any:
+        try:
+            return await super().run(request, context=context, root_value=root_value)
+        except StrawberryHTTPException as exc:
+            code = "NOT_FOUND" if exc.status_code == 404 else "BAD_REQUEST"
+            body = error_body(code, exc.reason, errors=[{"message": exc.reason, "extensions": {"code": code}}])
+            return JSONResponse(body, status_code=exc.status_code)
+
+
+def create_graphql_router(settings: Settings) -> GraphQLRouter[Any, None]:
+    return TodoGraphQLRouter(
+        build_schema(settings),
+        context_getter=get_context,
+        graphql_ide="graphiql" if settings.graphiql_enabled else None,
+        tags=["graphql"],
+    )
+
+
+schema = build_schema(get_settings())

@@ -1,0 +1,223 @@
+"""GraphQL types, inputs and enums, mapped explicitly from the service layer's models."""
+
+from datetime import UTC, datetime
+from enum import Enum
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import strawberry
+from pydantic import BaseModel, ValidationError
+
+from backend import models
+from backend.errors import InvalidInput, readable_validation_errors
+from backend.services.tasks import TaskPage
+
+if TYPE_CHECKING:
+    from backend.gql.context import Context
+
+
+def _describe_enum(python_enum: type[Enum], name: str, description: str, values: dict[str, str]) -> None:
+    """Register a model enum with GraphQL, with a description on every value."""
+    strawberry.enum(python_enum, name=name, description=description)
+    for value in python_enum.__strawberry_definition__.values:  # type: ignore[attr-defined]
+        value.description = values[value.name]
+
+
+_describe_enum(
+    models.TaskStatus,
+    "TaskStatus",
+    "Which tasks a list returns, by completion.",
+    {"ALL": "Every task.", "PENDING": "Tasks not completed yet.", "COMPLETED": "Completed tasks."},
+)
+_describe_enum(
+    models.Priority,
+    "Priority",
+    "How important a task is. Sorting by priority ranks HIGH above MEDIUM above LOW.",
+    {"LOW": "Low priority.", "MEDIUM": "Medium priority (the default).", "HIGH": "High priority."},
+)
+_describe_enum(
+    models.TaskSort,
+    "TaskSort",
+    "The key a task list is sorted by; ties are broken by id, so pages never overlap.",
+    {
+        "CREATED": "Creation time.",
+        "UPDATED": "Time of the last change.",
+        "TITLE": "Title, ignoring case.",
+        "DUE_DATE": "Due date; tasks without one come last in either order.",
+        "PRIORITY": "Priority rank (HIGH > MEDIUM > LOW).",
+    },
+)
+_describe_enum(
+    models.SortOrder,
+    "SortOrder",
+    "Sort direction.",
+    {"ASC": "Ascending (oldest, A-Z, LOW first).", "DESC": "Descending (newest, Z-A, HIGH first)."},
+)
+
+
+def _serialize_datetime(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _parse_datetime(value: object) -> datetime:
+    if not isinstance(value, str):
+        raise ValueError("DateTime must be an ISO-8601 string")
+    return datetime.fromisoformat(value.strip().replace("z", "Z"))
+
+
+DateTime = strawberry.scalar(
+    name="DateTime",
+    description="An ISO-8601 date-time, returned in UTC (`2026-01-31T09:30:00Z`). "
+    "Input without an offset is taken as UTC; a date alone means midnight UTC.",
+    serialize=_serialize_datetime,
+    parse_value=_parse_datetime,
+)
+
+
+@strawberry.type(name="Task", description="A to-do item. Only its owner can see or change it.")
+class TaskType:
+    id: int = strawberry.field(description="Server-assigned identifier.")
+    user_id: str = strawberry.field(description="Id of the owner (the authenticated user).")
+    title: str = strawberry.field(description="What to do: 1-200 characters, trimmed.")
+    description: str | None = strawberry.field(description="Optional details, at most 1000 characters.")
+    completed: bool = strawberry.field(description="Whether the task is done.")
+    priority: models.Priority = strawberry.field(description="Importance: LOW, MEDIUM or HIGH.")
+    tags: list[str] = strawberry.field(description="Up to 10 labels of 1-32 characters, unique ignoring case.")
+    due_date: datetime | None = strawberry.field(description="When the task is due, if ever (UTC).")
+    created_at: datetime = strawberry.field(description="When the task was created (UTC).")
+    updated_at: datetime = strawberry.field(description="When the task last changed (UTC).")
+
+    @strawberry.field(description="The task's owner: always the authenticated user.")
+    async def owner(self, info: strawberry.Info["Context", None]) -> "UserType":
+        user = await info.context.users.load(self.user_id)
+        if user is None:  # only reachable for the caller's own tasks, so the caller exists
+            raise InvalidInput("Owner not visible")
+        return UserType.from_model(user)
+
+    @classmethod
+    def from_model(cls, task: models.TaskPublic) -> "TaskType":
+        return cls(
+            id=task.id,
+            user_id=task.user_id,
+            title=task.title,
+            description=task.description,
+            completed=task.completed,
+            priority=task.priority,
+            tags=task.tags,
+            due_date=task.due_date,
+            created_at=task.created_at,
+            updated_at=task.updated_at,
+        )
+
+
+@strawberry.type(name="TaskPage", description="One page of a task list, with the total across all pages.")
+class TaskPageType:
+    items: list[TaskType] = strawberry.field(description="The tasks on this page.")
+    total: int = strawberry.field(description="How many tasks match the filters, across all pages.")
+    page: int = strawberry.field(description="This page's number, starting at 1.")
+    limit: int = strawberry.field(description="The page size requested.")
+    has_next: bool = strawberry.field(description="Whether a further page exists.")
+
+    @classmethod
+    def from_model(cls, page: TaskPage) -> "TaskPageType":
+        return cls(
+            items=[TaskType.from_model(task) for task in page.items],
+            total=page.total,
+            page=page.page,
+            limit=page.limit,
+            has_next=page.has_next,
+        )
+
+
+@strawberry.input(
+    name="CreateTaskInput",
+    description="A new task. Only `title` is required; unknown fields are rejected by GraphQL itself.",
+)
+class CreateTaskInput:
+    title: str = strawberry.field(description="1-200 characters after trimming.")
+    description: str | None = strawberry.field(default=None, description="At most 1000 characters.")
+    completed: bool | None = strawberry.field(default=strawberry.UNSET, description="Defaults to false.")
+    priority: models.Priority | None = strawberry.field(default=strawberry.UNSET, description="Defaults to MEDIUM.")
+    tags: list[str] | None = strawberry.field(
+        default=strawberry.UNSET,
+        description="Up to 10 tags of 1-32 characters; duplicates ignoring case are dropped, order kept.",
+    )
+    due_date: datetime | None = strawberry.field(default=None, description="When the task is due (UTC if no offset).")
+
+
+@strawberry.input(
+    name="UpdateTaskInput",
+    description="Fields to change; omitted fields keep their value. An explicit null clears "
+    "`description` or `dueDate`; null is refused for the other fields.",
+)
+class UpdateTaskInput:
+    title: str | None = strawberry.field(default=strawberry.UNSET, description="1-200 characters after trimming.")
+    description: str | None = strawberry.field(
+        default=strawberry.UNSET, description="At most 1000 characters; null clears it."
+    )
+    completed: bool | None = strawberry.field(default=strawberry.UNSET, description="Done or not.")
+    priority: models.Priority | None = strawberry.field(default=strawberry.UNSET, description="LOW, MEDIUM or HIGH.")
+    tags: list[str] | None = strawberry.field(default=strawberry.UNSET, description="Replaces all tags.")
+    due_date: datetime | None = strawberry.field(default=strawberry.UNSET, description="null clears it.")
+
+
+def provided_fields(graphql_input: object) -> dict[str, Any]:
+    """The input's fields the client actually sent (explicit nulls included)."""
+    return {name: value for name, value in vars(graphql_input).items() if value is not strawberry.UNSET}
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def validated(model: type[ModelT], data: dict[str, Any]) -> ModelT:
+    """Run the same pydantic rules as REST; a violation is BAD_USER_INPUT with the same message."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(readable_validation_errors(exc.errors())) from None
+
+
+async def resolve_tasks(
+    root: Any,
+    info: strawberry.Info["Context", None],
+    status: Annotated[
+        models.TaskStatus, strawberry.argument(description="Filter by completion.")
+    ] = models.TaskStatus.ALL,
+    priority: Annotated[models.Priority | None, strawberry.argument(description="Only tasks of this priority.")] = None,
+    tag: Annotated[str | None, strawberry.argument(description="Only tasks with this tag, ignoring case.")] = None,
+    search: Annotated[
+        str | None,
+        strawberry.argument(description="Case-insensitive text in title or description; % and _ are literal."),
+    ] = None,
+    sort: Annotated[models.TaskSort, strawberry.argument(description="Sort key.")] = models.TaskSort.CREATED,
+    order: Annotated[models.SortOrder, strawberry.argument(description="Sort direction.")] = models.SortOrder.DESC,
+    page: Annotated[int, strawberry.argument(description="Page number, from 1.")] = 1,
+    limit: Annotated[int, strawberry.argument(description="Page size, 1-100.")] = 20,
+) -> TaskPageType:
+    """Query.tasks and User.tasks: the same arguments, the same loader, the same service call."""
+    user_id = root.id if isinstance(root, UserType) else info.context.principal.user_id
+    query = validated(
+        models.TaskListQuery,
+        {
+            "status": status,
+            "priority": priority,
+            "tag": tag,
+            "search": search,
+            "sort": sort,
+            "order": order,
+            "page": page,
+            "limit": limit,
+        },
+    )
+    return TaskPageType.from_model(await info.context.user_tasks.load((user_id, query)))
+
+
+@strawberry.type(name="User", description="A user of the app. You can only ever see yourself.")
+class UserType:
+    id: str = strawberry.field(description="The user's id (the token's subject).")
+    email: str | None = strawberry.field(description="E-mail address, when known.")
+    name: str | None = strawberry.field(description="Display name, when known.")
+    tasks: TaskPageType = strawberry.field(resolver=resolve_tasks, description="This user's tasks, one page at a time.")
+
+    @classmethod
+    def from_model(cls, user: models.UserPublic) -> "UserType":
+        return cls(id=user.id, email=user.email, name=user.name)

@@ -1,0 +1,101 @@
+"""The application factory: REST under /api, GraphQL under /graphql, one service layer behind both."""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+from backend.auth import JwksCache, TokenVerifier
+from backend.config import Settings, get_settings
+from backend.db import create_engine, create_schema, create_sessionmaker
+from backend.errors import register_error_handlers
+from backend.gql.schema import create_graphql_router
+from backend.middleware import BodySizeLimitMiddleware, SecurityHeadersMiddleware
+from backend.rate_limit import build_rate_limit_check, create_limiter
+from backend.routes import api_router
+from backend.services import tasks as task_service
+
+logger = logging.getLogger(__name__)
+
+EXPOSED_HEADERS = [
+    "X-Total-Count",
+    "Content-Range",
+    "Link",
+    "Location",
+    "ETag",
+    "Retry-After",
+    "Idempotent-Replayed",
+    "X-Request-ID",
+]
+ALLOWED_HEADERS = ["Authorization", "Content-Type", "If-Match", "Idempotency-Key", "X-Request-ID"]
+IDEMPOTENCY_PURGE_SECONDS = 3600
+
+
+async def _purge_idempotency_keys_forever(app: FastAPI) -> None:
+    while True:
+        await asyncio.sleep(IDEMPOTENCY_PURGE_SECONDS)
+        try:
+            async with app.state.sessionmaker() as session:
+                purged = await task_service.purge_expired_idempotency_keys(session)
+            logger.info("purged %d expired idempotency keys", purged)
+        except Exception:  # a database hiccup must not end the loop
+            logger.warning("purging idempotency keys failed", exc_info=True)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings)
+        await create_schema(engine)
+        app.state.engine = engine
+        app.state.sessionmaker = create_sessionmaker(engine)
+        async with httpx.AsyncClient(timeout=settings.jwks_fetch_timeout) as http_client:
+            app.state.token_verifier = TokenVerifier(settings, JwksCache(settings, http_client))
+            purger = asyncio.create_task(_purge_idempotency_keys_forever(app))
+            try:
+                yield
+            finally:
+                purger.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await purger
+                await engine.dispose()
+
+    app = FastAPI(
+        title="Todo API",
+        version="1.0.0",
+        summary="Multi-user tasks over REST and GraphQL, authenticated by Better Auth JWTs.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.limiter = create_limiter(settings)
+    app.state.check_rate_limit = build_rate_limit_check(app.state.limiter, settings.rate_limit)
+
+    register_error_handlers(app)
+    app.include_router(api_router)
+    app.include_router(create_graphql_router(settings), prefix="/graphql")
+
+    # Outermost last: proxy headers -> CORS -> security headers -> body limit -> routes.
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_credentials=True,
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        allow_headers=ALLOWED_HEADERS,
+        expose_headers=EXPOSED_HEADERS,
+        max_age=600,
+    )
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
+    return app
+
+
+app = create_app()

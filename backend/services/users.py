@@ -1,0 +1,81 @@
+"""The caller's user row: read it, and create it just in time when Better Auth keeps users elsewhere."""
+
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.auth import Principal
+from backend.db import insert_ignoring_conflicts
+from backend.errors import Forbidden
+from backend.models import User, UserPublic, utcnow
+
+users_table = User.__table__  # type: ignore[attr-defined]
+PLACEHOLDER_EMAIL_DOMAIN = "users.invalid"  # RFC 2606: can never be a real address
+
+
+def placeholder_email(user_id: str) -> str:
+    return f"{user_id}@{PLACEHOLDER_EMAIL_DOMAIN}"
+
+
+async def ensure_user(session: AsyncSession, principal: Principal) -> None:
+    """Make sure `tasks.user_id` can reference the caller; never touches an existing row.
+
+    Runs inside the caller's transaction. A concurrent insert of the same id waits on the
+    primary key and then does nothing; an e-mail already taken by another account falls
+    back to a placeholder, since "user".email is unique.
+    """
+    if await _user_exists(session, principal.user_id):
+        return
+    for email in (principal.email, placeholder_email(principal.user_id)):
+        if email is None:
+            continue
+        now = utcnow()
+        await session.execute(
+            insert_ignoring_conflicts(session, users_table).values(
+                id=principal.user_id,
+                name=principal.name or (principal.email or principal.user_id).split("@")[0],
+                email=email,
+                emailVerified=False,
+                createdAt=now,
+                updatedAt=now,
+            )
+        )
+        if await _user_exists(session, principal.user_id):
+            return
+    raise RuntimeError(f"could not provision user row for {principal.user_id!r}")
+
+
+async def _user_exists(session: AsyncSession, user_id: str) -> bool:
+    found = await session.scalar(select(users_table.c.id).where(users_table.c.id == user_id))
+    return found is not None
+
+
+async def get_me(session: AsyncSession, principal: Principal) -> UserPublic:
+    """The caller as Better Auth knows them, else as the token describes them."""
+    users = await load_users(session, principal, [principal.user_id])
+    me = users[0]
+    assert me is not None
+    return me
+
+
+async def load_users(session: AsyncSession, principal: Principal, user_ids: Sequence[str]) -> list[UserPublic | None]:
+    """Users by id in key order (DataLoader contract); anyone but the caller is invisible."""
+    visible = {user_id for user_id in user_ids if user_id == principal.user_id}
+    found: dict[str, UserPublic] = {}
+    if visible:
+        rows = await session.execute(
+            select(users_table.c.id, users_table.c.email, users_table.c.name).where(users_table.c.id.in_(visible))
+        )
+        for row in rows:
+            email = None if row.email == placeholder_email(row.id) else row.email
+            found[row.id] = UserPublic(id=row.id, email=email or principal.email, name=row.name)
+        for user_id in visible - found.keys():
+            found[user_id] = UserPublic(id=user_id, email=principal.email, name=principal.name)
+    return [found.get(user_id) for user_id in user_ids]
+
+
+def check_path_user(principal: Principal, user_id: str) -> None:
+    """/api/{user_id}/... names its owner explicitly (spec FR-013); it must be the caller."""
+    if user_id != principal.user_id:
+        raise Forbidden("The user id in the path is not the authenticated user")

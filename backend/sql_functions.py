@@ -1,0 +1,74 @@
+"""SQL expressions that mean the same on PostgreSQL and SQLite (compiled per dialect)."""
+
+from typing import Any
+
+from sqlalchemy import ColumnElement, Text, cast, exists, func, literal, literal_column, select
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import GenericFunction
+from sqlalchemy.sql.visitors import InternalTraversal
+from sqlalchemy.types import Boolean
+
+
+class unicode_lower(GenericFunction[str]):
+    """lower() for all of Unicode: PostgreSQL's own; on SQLite a function db.py registers."""
+
+    type = Text()
+    inherit_cache = True
+
+
+@compiles(unicode_lower, "postgresql")
+def _unicode_lower_pg(element: unicode_lower, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"lower({compiler.process(element.clauses, **kw)})"
+
+
+class text_position(GenericFunction[int]):
+    """1-based position of a literal substring (no LIKE wildcards): instr / strpos."""
+
+    name = "instr"
+    inherit_cache = True
+
+
+@compiles(text_position, "postgresql")
+def _text_position_pg(element: text_position, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"strpos({compiler.process(element.clauses, **kw)})"
+
+
+def contains_ignoring_case(column: ColumnElement[Any], needle: str) -> ColumnElement[bool]:
+    return text_position(unicode_lower(column), unicode_lower(needle)) > 0
+
+
+class has_tag(ColumnElement[bool]):
+    """The JSON tag array contains `tag`, ignoring case.
+
+    PostgreSQL matches the expression of the GIN index ix_tasks_tag_keys; SQLite scans the
+    array of each of the user's rows (already narrowed by the user_id index).
+    """
+
+    type = Boolean()
+    inherit_cache = True
+    _traverse_internals = [  # noqa: RUF012 (SQLAlchemy's cache-key protocol)
+        ("tags", InternalTraversal.dp_clauseelement),
+        ("tag", InternalTraversal.dp_clauseelement),
+    ]
+
+    def __init__(self, tags: ColumnElement[Any], tag: str) -> None:
+        self.tags = tags
+        self.tag = literal(tag, Text)
+
+
+@compiles(has_tag, "postgresql")
+def _has_tag_pg(element: has_tag, compiler: SQLCompiler, **kw: Any) -> str:
+    tag_keys = cast(func.lower(cast(element.tags, Text)), JSONB)
+    expression = tag_keys.op("@>")(func.jsonb_build_array(func.lower(element.tag)))
+    return compiler.process(expression, **kw)
+
+
+@compiles(has_tag)
+def _has_tag_default(element: has_tag, compiler: SQLCompiler, **kw: Any) -> str:
+    each = func.json_each(element.tags).table_valued("value").alias("tag_item")
+    expression = exists(
+        select(literal_column("1")).select_from(each).where(unicode_lower(each.c.value) == unicode_lower(element.tag))
+    )
+    return compiler.process(expression, **kw)
