@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from sqlalchemy.ext.asyncio import AsyncEngine
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from backend.auth import JwksCache, TokenVerifier
@@ -48,15 +49,17 @@ async def _purge_idempotency_keys_forever(app: FastAPI) -> None:
             logger.warning("purging idempotency keys failed", exc_info=True)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None = None) -> FastAPI:
+    """Build the app. With `engine`, the caller owns the engine and its schema (tests, embedding)."""
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings)
-        await create_schema(engine)
-        app.state.engine = engine
-        app.state.sessionmaker = create_sessionmaker(engine)
+        app_engine = engine or create_engine(settings)
+        if engine is None:
+            await create_schema(app_engine)
+        app.state.engine = app_engine
+        app.state.sessionmaker = create_sessionmaker(app_engine)
         async with httpx.AsyncClient(timeout=settings.jwks_fetch_timeout) as http_client:
             app.state.token_verifier = TokenVerifier(settings, JwksCache(settings, http_client))
             purger = asyncio.create_task(_purge_idempotency_keys_forever(app))
@@ -66,7 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 purger.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await purger
-                await engine.dispose()
+                if engine is None:
+                    await app_engine.dispose()
 
     app = FastAPI(
         title="Todo API",

@@ -1,0 +1,47 @@
+# One entry point for people and CI. `make run` serves the API, `make test` checks everything.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PORT ?= 8000
+TOKEN_USER := $(or $(USER_ID),$(USER),alice)
+
+.PHONY: install run test lint typecheck pytest token schema bench clean
+
+install: $(STAMP)
+
+# Re-install when the venv is missing or pyproject.toml changed since the last install.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+run: install
+	@echo "Todo API on http://127.0.0.1:$(PORT)  (REST /api, Swagger /docs, GraphiQL /graphql)"
+	@echo "Database: $${DATABASE_URL:-sqlite+aiosqlite:///./todo.db (embedded SQLite)}"
+	@echo "A dev token for user 'alice' (24 h; another user: make token USER=bob):"
+	@$(PY) -m backend.dev_token alice
+	$(VENV)/bin/uvicorn backend.main:app --host 127.0.0.1 --port $(PORT) --no-server-header
+
+token: install
+	@$(PY) -m backend.dev_token $(TOKEN_USER)
+
+schema: install
+	$(VENV)/bin/strawberry export-schema backend.gql.schema:schema --output schema.graphql
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+pytest: install
+	$(VENV)/bin/pytest
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache todo.db todo.db-*

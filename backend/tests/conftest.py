@@ -1,0 +1,170 @@
+"""Fixtures: every database test runs on a fresh PostgreSQL database and on SQLite.
+
+Each test runs inside an outer transaction that is rolled back afterwards; sessions join it
+with savepoints, so the service layer's commits stay inside the test (SQLAlchemy 2.0 recipe).
+"""
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+
+from backend.config import Settings
+from backend.db import create_engine, create_schema, get_session
+from backend.main import create_app
+from backend.tests.factories import TEST_SECRET
+
+ADMIN_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def create_scratch_database(prefix: str = "todo_test") -> str:
+    """A new, uniquely named PostgreSQL database; returns its SQLAlchemy URL."""
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(_asyncpg_dsn(ADMIN_DATABASE_URL))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return make_url(ADMIN_DATABASE_URL).set(drivername="postgresql+asyncpg", database=name).render_as_string(
+        hide_password=False
+    )
+
+
+async def drop_scratch_database(url: str) -> None:
+    name = make_url(url).database
+    admin = await asyncpg.connect(_asyncpg_dsn(ADMIN_DATABASE_URL))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "app_env": "test",
+        "database_url": database_url,
+        "better_auth_secret": TEST_SECRET,
+        "better_auth_url": "http://localhost:3000",
+        "rate_limit": "100000/minute",
+        "redis_url": None,
+        "cors_origins": ["http://localhost:3000"],
+        "graphql_introspection": True,
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session", params=["postgresql", "sqlite"])
+async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        path: Path = tmp_path_factory.mktemp("sqlite") / "todo.db"
+        yield f"sqlite+aiosqlite:///{path}"
+        return
+    url = await create_scratch_database()
+    try:
+        yield url
+    finally:
+        await drop_scratch_database(url)
+
+
+@pytest.fixture(scope="session")
+def dialect(database_url: str) -> str:
+    return make_url(database_url).get_backend_name()
+
+
+@pytest.fixture(scope="session")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(make_settings(database_url))
+    await create_schema(engine)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    async with engine.connect() as connection:
+        transaction = await connection.begin()
+        try:
+            yield connection
+        finally:
+            await transaction.rollback()
+
+
+@pytest.fixture
+def session_factory(connection: AsyncConnection) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(
+        bind=connection, expire_on_commit=False, autoflush=False, join_transaction_mode="create_savepoint"
+    )
+
+
+@pytest.fixture
+async def session(session_factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    async with session_factory() as session:
+        yield session
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    """Override in a test module (or with @pytest.mark.parametrize) to change the app's settings."""
+    return {}
+
+
+@pytest.fixture
+async def app(
+    database_url: str,
+    engine: AsyncEngine,
+    session_factory: async_sessionmaker[AsyncSession],
+    settings_overrides: dict[str, Any],
+) -> AsyncIterator[FastAPI]:
+    app = create_app(make_settings(database_url, **settings_overrides), engine=engine)
+
+    async def test_session() -> AsyncIterator[AsyncSession]:
+        # A fresh savepoint session per request, closed afterwards, as in production.
+        async with session_factory() as session:
+            yield session
+
+    app.dependency_overrides[get_session] = test_session
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
+@pytest.fixture
+def count_queries(engine: AsyncEngine) -> Callable[[], Any]:
+    """Use as `with count_queries() as statements:`; lists the SQL run meanwhile (not BEGIN/SAVEPOINT)."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def counting() -> Any:
+        statements: list[str] = []
+
+        def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            if not statement.lstrip().upper().startswith(("SAVEPOINT", "RELEASE", "ROLLBACK", "BEGIN")):
+                statements.append(statement)
+
+        event.listen(engine.sync_engine, "before_cursor_execute", record)
+        try:
+            yield statements
+        finally:
+            event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+    return counting

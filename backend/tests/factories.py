@@ -1,0 +1,58 @@
+"""Test data: plain functions with overridable defaults."""
+
+import time
+from datetime import datetime
+from typing import Any
+
+import jwt
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.auth import Principal
+from backend.models import TaskCreate, TaskPublic
+from backend.services import tasks as task_service
+
+TEST_SECRET = "test-only-secret-0123456789abcdef0123456789abcdef"
+
+
+def make_token(
+    sub: str | None = "alice",
+    *,
+    secret: str = TEST_SECRET,
+    algorithm: str = "HS256",
+    expires_in: int = 3600,
+    headers: dict[str, Any] | None = None,
+    **claims: Any,
+) -> str:
+    now = int(time.time())
+    payload: dict[str, Any] = {"iat": now, "exp": now + expires_in, **claims}
+    if sub is not None:
+        payload["sub"] = sub
+    return jwt.encode(payload, secret, algorithm=algorithm, headers=headers)
+
+
+def auth_headers(user_id: str = "alice", **claims: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_token(user_id, **claims)}"}
+
+
+def principal(user_id: str = "alice", *, email: str | None = None, name: str | None = None) -> Principal:
+    return Principal(user_id=user_id, email=email or f"{user_id}@example.com", name=name or user_id.title())
+
+
+async def create_task(
+    session: AsyncSession,
+    owner: Principal | str = "alice",
+    *,
+    title: str = "A task",
+    description: str | None = None,
+    completed: bool = False,
+    priority: str = "medium",
+    tags: list[str] | None = None,
+    due_date: datetime | None = None,
+) -> TaskPublic:
+    caller = owner if isinstance(owner, Principal) else principal(owner)
+    data = TaskCreate.model_validate(
+        {"title": title, "description": description, "completed": completed, "priority": priority,
+         "tags": tags or [], "due_date": due_date}
+    )
+    created = await task_service.create_task(session, caller, data)
+    return created.task
