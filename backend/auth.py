@@ -79,6 +79,7 @@ _ERROR_DETAILS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
     (jwt.InvalidIssuerError, "Wrong token issuer (iss)"),
     (jwt.InvalidAudienceError, "Wrong token audience (aud)"),
     (jwt.InvalidIssuedAtError, "Malformed token: iat must be a number"),
+    (jwt.exceptions.InvalidSubjectError, "Token carries no usable user id (sub must be a string)"),
     (jwt.DecodeError, "Malformed token"),
 )
 

@@ -129,8 +129,15 @@ def error_body(code: str, detail: str, **extra: Any) -> dict[str, Any]:
     return {"error": code, "detail": detail, **extra}
 
 
-def domain_error_response(exc: DomainError) -> JSONResponse:
-    return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status_code, headers=exc.headers)
+def domain_error_response(exc: DomainError, *, graphql: bool = False) -> JSONResponse:
+    body = error_body(exc.code, exc.message)
+    if graphql:  # GraphQL clients look for `errors[].extensions.code`, even on a non-200 answer
+        body["errors"] = [{"message": exc.message, "extensions": exc.extensions}]
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def _is_graphql(request: Request) -> bool:
+    return request.url.path.startswith("/graphql")
 
 
 def readable_validation_errors(errors: Sequence[Any]) -> str:
@@ -154,9 +161,9 @@ def _jsonable_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
     ]
 
 
-async def _handle_domain_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _handle_domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
-    return domain_error_response(exc)
+    return domain_error_response(exc, graphql=_is_graphql(request))
 
 
 async def _handle_validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -181,7 +188,7 @@ async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     domain_error = as_domain_error(exc)
     if domain_error is not None:
         logger.warning("%s %s: %s (%s)", request.method, request.url.path, domain_error.message, exc.__class__.__name__)
-        return domain_error_response(domain_error)
+        return domain_error_response(domain_error, graphql=_is_graphql(request))
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse(error_body("INTERNAL", "Internal server error"), status_code=500)
 

@@ -128,14 +128,14 @@ class Task(SQLModel, table=True):
     user_id: str = sqlmodel.Field(
         sa_column=Column(Text, ForeignKey(f"{User.__tablename__}.id", ondelete="CASCADE"), nullable=False)
     )
-    title: str = sqlmodel.Field(sa_column=Column(String(TITLE_MAX), nullable=False))
+    title: str = sqlmodel.Field(sa_column=Column(Text, nullable=False))  # length: CHECK below
     description: str | None = sqlmodel.Field(default=None, sa_column=Column(Text, nullable=True))
     completed: bool = sqlmodel.Field(
         default=False, sa_column=Column(Boolean, nullable=False, server_default=text("false"))
     )
     priority: str = sqlmodel.Field(
         default=Priority.MEDIUM.value,
-        sa_column=Column(String(6), nullable=False, server_default=text("'medium'")),
+        sa_column=Column(Text, nullable=False, server_default=text("'medium'")),
     )
     tags: list[str] = sqlmodel.Field(
         default_factory=list, sa_column=Column(TagsType, nullable=False, server_default=text("'[]'"))

@@ -2,7 +2,7 @@
 
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -21,7 +21,8 @@ from strawberry.extensions import (
     ValidationCache,
 )
 from strawberry.fastapi import GraphQLRouter
-from strawberry.types import ExecutionContext
+from strawberry.types import ExecutionContext, ExecutionResult
+from strawberry.types.graphql import OperationType
 
 from backend.config import Settings, get_settings
 from backend.errors import DomainError, as_domain_error, error_body
@@ -35,62 +36,77 @@ logger = logging.getLogger(__name__)
 _REQUEST_LEVEL_CODES = {"UNAUTHENTICATED", "RATE_LIMITED", "SERVICE_UNAVAILABLE"}
 
 
-class ErrorPolicy(SchemaExtension):
-    """Domain errors keep their message and `extensions.code`; anything else is masked as INTERNAL.
+class TodoSchema(strawberry.Schema):
+    """Applies the API's error policy to every result, whatever stage produced the errors.
 
-    Parse, validation and variable errors (no original error) are the client's: BAD_USER_INPUT.
+    Domain errors keep their message and `extensions.code`; request errors (parse, validation,
+    variables: no path) are BAD_USER_INPUT; anything else is logged and masked as INTERNAL.
     Missing auth, rate limits and an unreachable database also set the HTTP status and headers.
     """
 
-    def on_operation(self) -> Iterator[None]:
-        yield
-        result = self.execution_context.result
-        if result is None or not result.errors:
-            return
-        result.errors = [self._apply(error) for error in result.errors]
+    async def execute(
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        allowed_operation_types: Iterable[OperationType] | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+    ) -> ExecutionResult:
+        result = await super().execute(
+            query,
+            variable_values,
+            context_value,
+            root_value,
+            operation_name,
+            allowed_operation_types,
+            operation_extensions,
+        )
+        if result.errors:
+            result.errors = [_apply_error_policy(error, context_value) for error in result.errors]
+        return result
 
-    def _apply(self, error: GraphQLError) -> GraphQLError:
-        original = error.original_error
-        if original is None:
-            if not (error.extensions or {}).get("code"):
-                error.extensions = {**(error.extensions or {}), "code": "BAD_USER_INPUT"}
-            return error
-        domain_error = as_domain_error(original)
-        if domain_error is None:
-            logger.error("unexpected error in GraphQL resolver", exc_info=original)
-            return GraphQLError(
-                "Internal server error",
-                error.nodes,
-                error.source,
-                error.positions,
-                error.path,
-                extensions={"code": "INTERNAL"},
-            )
-        if domain_error.code in _REQUEST_LEVEL_CODES:
-            self._set_http_status(domain_error)
-        if domain_error is original:
-            return error
+    def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
+        """Strawberry logs every error with a traceback; the policy logs only the unexpected ones."""
+        return None
+
+
+def _apply_error_policy(error: GraphQLError, context: Any) -> GraphQLError:
+    original = error.original_error
+    if error.path is None and not isinstance(original, DomainError):
+        return _with_code(error, "BAD_USER_INPUT")
+    domain_error = as_domain_error(original) if original is not None else None
+    if domain_error is None:
+        logger.error("unexpected error in GraphQL resolver", exc_info=original)
         return GraphQLError(
-            domain_error.message,
+            "Internal server error",
             error.nodes,
             error.source,
             error.positions,
             error.path,
-            original_error=domain_error,
+            extensions={"code": "INTERNAL"},
         )
+    if domain_error.code in _REQUEST_LEVEL_CODES:
+        _set_http_status(context, domain_error)
+    if domain_error is original:
+        return error
+    return GraphQLError(
+        domain_error.message, error.nodes, error.source, error.positions, error.path, original_error=domain_error
+    )
 
-    def _set_http_status(self, domain_error: DomainError) -> None:
-        response: Response | None = getattr(self.execution_context.context, "response", None)
-        if response is not None:
-            response.status_code = domain_error.status_code
-            response.headers.update(domain_error.headers)
+
+def _with_code(error: GraphQLError, code: str) -> GraphQLError:
+    if not (error.extensions or {}).get("code"):
+        error.extensions = {**(error.extensions or {}), "code": code}
+    return error
 
 
-class QuietSchema(strawberry.Schema):
-    """Strawberry logs every error with a traceback; ErrorPolicy logs only the unexpected ones."""
-
-    def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
-        return None
+def _set_http_status(context: Any, domain_error: DomainError) -> None:
+    response: Response | None = getattr(context, "response", None)
+    if response is not None:
+        response.status_code = domain_error.status_code
+        response.headers.update(domain_error.headers)
 
 
 def build_schema(settings: Settings) -> strawberry.Schema:
@@ -100,11 +116,10 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         functools.partial(QueryDepthLimiter, max_depth=settings.graphql_max_depth),
         functools.partial(MaxAliasesLimiter, max_alias_count=settings.graphql_max_aliases),
         functools.partial(ValidationCache, maxsize=512),
-        ErrorPolicy,
     ]
     if not settings.introspection_enabled:
         extensions.insert(0, DisableIntrospection)
-    return QuietSchema(query=Query, mutation=Mutation, extensions=extensions, scalar_overrides={datetime: DateTime})
+    return TodoSchema(query=Query, mutation=Mutation, extensions=extensions, scalar_overrides={datetime: DateTime})
 
 
 class TodoGraphQLRouter(GraphQLRouter[Any, None]):

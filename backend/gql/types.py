@@ -130,7 +130,7 @@ class TaskPageType:
 
 @strawberry.input(
     name="CreateTaskInput",
-    description="A new task. Only `title` is required; unknown fields are rejected by GraphQL itself.",
+    description="A new task. Only `title` is required; the other fields have defaults.",
 )
 class CreateTaskInput:
     title: str = strawberry.field(description="1-200 characters after trimming.")

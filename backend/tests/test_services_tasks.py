@@ -1,5 +1,6 @@
 """The task service on both databases: scoping, every operation, filters, search, sorts, pages."""
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -34,18 +35,19 @@ async def test_list_returns_only_the_callers_tasks(session: AsyncSession) -> Non
     assert page.total == 1
 
 
-@pytest.mark.parametrize("operation", ["get", "update", "complete", "delete"])
+AS_ALICE: dict[str, Callable[[AsyncSession, int], Awaitable[object]]] = {
+    "get": lambda session, task_id: task_service.get_task(session, ALICE, task_id),
+    "update": lambda session, task_id: task_service.update_task(session, ALICE, task_id, {"title": "stolen"}),
+    "complete": lambda session, task_id: task_service.set_task_completed(session, ALICE, task_id),
+    "delete": lambda session, task_id: task_service.delete_task(session, ALICE, task_id),
+}
+
+
+@pytest.mark.parametrize("operation", AS_ALICE)
 async def test_other_users_task_is_not_found_and_unchanged(session: AsyncSession, operation: str) -> None:
     theirs = await create_task(session, BOB, title="theirs")
     with pytest.raises(NotFound) as raised:
-        if operation == "get":
-            await task_service.get_task(session, ALICE, theirs.id)
-        elif operation == "update":
-            await task_service.update_task(session, ALICE, theirs.id, {"title": "stolen"})
-        elif operation == "complete":
-            await task_service.set_task_completed(session, ALICE, theirs.id)
-        else:
-            await task_service.delete_task(session, ALICE, theirs.id)
+        await AS_ALICE[operation](session, theirs.id)
     with pytest.raises(NotFound) as missing:
         await task_service.get_task(session, ALICE, theirs.id + 10_000)
     assert str(raised.value) == str(missing.value)

@@ -1,0 +1,169 @@
+"""The HS256 auth context: the 401 matrix on REST and GraphQL, claim shapes, principal scoping."""
+
+import base64
+import json
+import time
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+from backend.auth import principal_from_claims
+from backend.errors import Unauthenticated
+from backend.tests.factories import TEST_SECRET, auth_headers, make_token
+
+
+def _b64(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def unsigned_token(claims: dict[str, Any]) -> str:
+    return f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(claims)}."
+
+
+NOW = int(time.time())
+
+# (Authorization header value or None, a fragment of the 401 detail)
+BAD_CREDENTIALS = [
+    pytest.param(None, "Missing bearer token", id="missing"),
+    pytest.param("Bearer", "Missing bearer token", id="empty-bearer"),
+    pytest.param("Basic YWxpY2U6c2VjcmV0", "Bearer scheme", id="basic"),
+    pytest.param("Bearer not-a-jwt", "Malformed", id="malformed"),
+    pytest.param("Bearer a.b.c", "Malformed", id="garbage-segments"),
+    pytest.param(f"Bearer {make_token(secret='some-other-secret-of-enough-length-000000')}", "signature", id="bad-sig"),
+    pytest.param(f"Bearer {make_token(expires_in=-120)}", "expired", id="expired"),
+    pytest.param(f"Bearer {make_token(nbf=NOW + 600)}", "not yet valid", id="not-yet-valid"),
+    pytest.param(f"Bearer {make_token(iat=NOW + 600)}", "not yet valid", id="issued-in-future"),
+    pytest.param(f"Bearer {unsigned_token({'sub': 'alice', 'exp': NOW + 600})}", "algorithm", id="alg-none"),
+    pytest.param(f"Bearer {make_token(algorithm='HS512')}", "algorithm", id="hs512"),
+    pytest.param(f"Bearer {jwt.encode({'sub': 'alice'}, TEST_SECRET, algorithm='HS256')}", "exp", id="no-exp"),
+    pytest.param(f"Bearer {make_token(sub=None)}", "user id", id="no-user-id"),
+    pytest.param(f"Bearer {make_token(sub=None, userId='alice', email='a@x.io')}", "user id", id="userId-only"),
+    pytest.param(f"Bearer {make_token(sub='')}", "user id", id="empty-sub"),
+    pytest.param(f"Bearer {make_token(sub=123)}", "user id", id="numeric-sub"),
+    pytest.param(f"Bearer {make_token(sub='a' * 300)}", "user id", id="huge-sub"),
+    pytest.param("Bearer " + make_token(sub="al\u0000ice"), "user id", id="nul-in-sub"),
+    pytest.param("Bearer " + "x" * 9000, "too large", id="oversized"),
+]
+
+
+@pytest.mark.parametrize(("authorization", "detail"), BAD_CREDENTIALS)
+async def test_rest_refuses_bad_credentials(client: httpx.AsyncClient, authorization: str | None, detail: str) -> None:
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    response = await client.get("/api/tasks", headers=headers)
+    assert response.status_code == 401
+    assert detail in response.json()["detail"]
+    assert response.json()["error"] == "UNAUTHENTICATED"
+    assert response.headers["www-authenticate"].startswith('Bearer error="invalid_token", error_description="')
+
+
+@pytest.mark.parametrize(("authorization", "detail"), BAD_CREDENTIALS)
+async def test_graphql_refuses_bad_credentials(
+    client: httpx.AsyncClient, authorization: str | None, detail: str
+) -> None:
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    response = await client.post("/graphql", json={"query": "{ me { id } }"}, headers=headers)
+    assert response.status_code == 401
+    body = response.json()
+    assert detail in (body.get("detail") or body["errors"][0]["message"])
+    assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+    assert response.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
+
+
+async def test_authentication_comes_before_body_parsing(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/api/tasks",
+        content=b"{not json",
+        headers={"Authorization": "Bearer broken", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 401
+    invalid_body = await client.post("/api/tasks", json={"title": ""}, headers={"Authorization": "Bearer broken"})
+    assert invalid_body.status_code == 401
+
+
+async def test_failed_writes_store_nothing(client: httpx.AsyncClient) -> None:
+    await client.post("/api/tasks", json={"title": "x"}, headers={"Authorization": "Bearer nope"})
+    assert (await client.get("/api/tasks", headers=auth_headers("alice"))).json() == []
+
+
+async def test_leeway_accepts_slightly_expired_tokens(client: httpx.AsyncClient) -> None:
+    token = make_token(expires_in=-10)  # within the 30 s leeway
+    response = await client.get("/api/tasks", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200
+
+
+async def test_scheme_is_case_insensitive(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/tasks", headers={"Authorization": f"bearer {make_token()}"})
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "settings_overrides", [{"jwt_issuer": "https://auth.example", "jwt_audience": "https://api.example"}]
+)
+async def test_issuer_and_audience_are_checked_when_configured(client: httpx.AsyncClient) -> None:
+    good = make_token(iss="https://auth.example", aud="https://api.example")
+    assert (await client.get("/api/tasks", headers={"Authorization": f"Bearer {good}"})).status_code == 200
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"iss": "https://evil.example", "aud": "https://api.example"}, "issuer"),
+        ({"iss": "https://auth.example", "aud": "https://other.example"}, "audience"),
+        ({"aud": "https://api.example"}, "iss"),
+    ]
+    for claims, detail in cases:
+        response = await client.get("/api/tasks", headers={"Authorization": f"Bearer {make_token(**claims)}"})
+        assert response.status_code == 401
+        assert detail in response.json()["detail"]
+
+
+async def test_hs256_audience_is_ignored_when_not_configured(client: httpx.AsyncClient) -> None:
+    token = make_token(aud="anything", iss="anyone")
+    assert (await client.get("/api/tasks", headers={"Authorization": f"Bearer {token}"})).status_code == 200
+
+
+# --- Claim shapes ---------------------------------------------------------------------------
+
+
+def test_sub_wins_and_profile_claims_are_read() -> None:
+    principal = principal_from_claims({"sub": "u1", "user_id": "u2", "id": "u3", "email": "a@b.c", "name": "A"})
+    assert (principal.user_id, principal.email, principal.name) == ("u1", "a@b.c", "A")
+
+
+def test_better_auth_session_cache_shape() -> None:
+    claims = {
+        "session": {"id": "s1", "token": "t", "userId": "u42", "expiresAt": "2030-01-01T00:00:00Z"},
+        "user": {"id": "u42", "email": "u@x.io", "name": "U", "emailVerified": True},
+        "updatedAt": 1,
+        "version": "1",
+    }
+    principal = principal_from_claims(claims)
+    assert (principal.user_id, principal.email, principal.name) == ("u42", "u@x.io", "U")
+
+
+def test_session_cache_with_mismatched_ids_is_refused() -> None:
+    with pytest.raises(Unauthenticated):
+        principal_from_claims({"session": {"userId": "u1"}, "user": {"id": "u2"}})
+
+
+@pytest.mark.parametrize(
+    ("claims", "expected"),
+    [({"user_id": "u2"}, "u2"), ({"id": "u3"}, "u3"), ({"user_id": "u2", "id": "u3"}, "u2")],
+)
+def test_fallback_id_claims(claims: dict[str, Any], expected: str) -> None:
+    assert principal_from_claims(claims).user_id == expected
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [{"userId": "u1", "email": "a@b.c"}, {}, {"sub": None}, {"sub": ["u1"]}, {"sub": "  "}, {"user": {"id": "u1"}}],
+)
+def test_tokens_without_a_usable_id_are_refused(claims: dict[str, Any]) -> None:
+    with pytest.raises(Unauthenticated):
+        principal_from_claims(claims)
+
+
+async def test_session_cache_token_works_end_to_end(client: httpx.AsyncClient) -> None:
+    token = make_token(sub=None, session={"userId": "sc-user"}, user={"id": "sc-user", "email": "sc@x.io"})
+    created = await client.post("/api/tasks", json={"title": "x"}, headers={"Authorization": f"Bearer {token}"})
+    assert created.json()["user_id"] == "sc-user"
+    me = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
+    assert me.json()["email"] == "sc@x.io"

@@ -1,0 +1,82 @@
+"""The database enforces what the API promises, on both databases (spec FR-010)."""
+
+from typing import Any
+
+import pytest
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from backend.services import users as user_service
+from backend.tests.factories import create_task, principal
+
+
+async def insert_user(session: AsyncSession, user_id: str = "raw-user", email: str = "raw@example.com") -> None:
+    await session.execute(
+        text('INSERT INTO "user" (id, name, email) VALUES (:id, :name, :email)'),
+        {"id": user_id, "name": "Raw", "email": email},
+    )
+
+
+async def test_rows_written_by_other_tools_get_defaults(session: AsyncSession) -> None:
+    await insert_user(session)
+    await session.execute(text("INSERT INTO tasks (user_id, title) VALUES ('raw-user', 'seeded')"))
+    row = (await session.execute(text("SELECT completed, priority, tags, created_at, updated_at FROM tasks"))).one()
+    assert row.completed in (False, 0)
+    assert row.priority == "medium"
+    assert row.tags in ([], "[]")
+    assert row.created_at is not None
+    assert row.updated_at is not None
+
+
+@pytest.mark.parametrize(
+    ("columns", "values"),
+    [
+        ("user_id, title", "'raw-user', ''"),
+        ("user_id, title", "'raw-user', '   '"),
+        ("user_id, title", f"'raw-user', '{'x' * 201}'"),
+        ("user_id, title, description", f"'raw-user', 'ok', '{'d' * 1001}'"),
+        ("user_id, title, priority", "'raw-user', 'ok', 'urgent'"),
+        ("user_id, title", "'nobody', 'orphan'"),
+        ("title", "'no owner'"),
+        ("user_id", "'raw-user'"),
+    ],
+)
+async def test_constraints_refuse_what_the_api_refuses(session: AsyncSession, columns: str, values: str) -> None:
+    await insert_user(session)
+    await session.commit()
+    with pytest.raises(IntegrityError):
+        await session.execute(text(f"INSERT INTO tasks ({columns}) VALUES ({values})"))
+
+
+@pytest.mark.filterwarnings("ignore:Skipped unsupported reflection of expression-based index")
+async def test_user_table_mirrors_better_auth(connection: AsyncConnection) -> None:
+    def describe(sync_connection: Any) -> tuple[set[str], list[Any], list[Any]]:
+        inspector = inspect(sync_connection)
+        columns = {column["name"] for column in inspector.get_columns("user")}
+        foreign_keys = inspector.get_foreign_keys("tasks")
+        indexes = inspector.get_indexes("tasks")
+        return columns, foreign_keys, indexes
+
+    columns, foreign_keys, indexes = await connection.run_sync(describe)
+    assert columns == {"id", "name", "email", "emailVerified", "image", "createdAt", "updatedAt"}
+    assert [(fk["referred_table"], fk["constrained_columns"]) for fk in foreign_keys] == [("user", ["user_id"])]
+    index_columns = {tuple(index["column_names"][:2]) for index in indexes}
+    assert ("user_id", "completed") in index_columns
+    assert ("user_id", "created_at") in index_columns
+
+
+async def test_jit_user_never_alters_an_existing_row(session: AsyncSession) -> None:
+    await insert_user(session, "ba-user", "original@example.com")
+    await create_task(session, principal("ba-user", email="changed@example.com", name="Changed"))
+    row = (await session.execute(text("SELECT name, email FROM \"user\" WHERE id = 'ba-user'"))).one()
+    assert (row.name, row.email) == ("Raw", "original@example.com")
+
+
+async def test_jit_user_gets_placeholders(session: AsyncSession) -> None:
+    await user_service.ensure_user(session, principal("anon", email=None, name=None).__class__(user_id="anon"))
+    row = (await session.execute(text("SELECT name, email FROM \"user\" WHERE id = 'anon'"))).one()
+    assert row.email == "anon@users.invalid"
+    assert row.name == "anon"
+    me = await user_service.get_me(session, principal("anon").__class__(user_id="anon"))
+    assert me.email is None

@@ -1,0 +1,280 @@
+"""GraphQL: the contract's operations on the same service layer, errors, loaders and limits."""
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from backend.tests.factories import auth_headers
+
+ALICE = auth_headers("alice", email="alice@example.com", name="Alice")
+BOB = auth_headers("bob")
+
+TASK_FIELDS = "id userId title description completed priority tags dueDate createdAt updatedAt"
+
+
+async def gql(
+    client: httpx.AsyncClient,
+    query: str,
+    variables: dict[str, Any] | None = None,
+    headers: dict[str, str] = ALICE,
+    expected_status: int = 200,
+) -> dict[str, Any]:
+    response = await client.post("/graphql", json={"query": query, "variables": variables or {}}, headers=headers)
+    assert response.status_code == expected_status, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def create(client: httpx.AsyncClient, headers: dict[str, str] = ALICE, **fields: Any) -> dict[str, Any]:
+    body = await gql(
+        client,
+        f"mutation($input: CreateTaskInput!) {{ createTask(input: $input) {{ {TASK_FIELDS} }} }}",
+        {"input": {"title": "A task", **fields}},
+        headers,
+    )
+    assert "errors" not in body, body
+    task: dict[str, Any] = body["data"]["createTask"]
+    return task
+
+
+def error_code(body: dict[str, Any]) -> str:
+    code: str = body["errors"][0]["extensions"]["code"]
+    return code
+
+
+async def test_create_and_read(client: httpx.AsyncClient) -> None:
+    task = await create(
+        client, title=" Read ", priority="HIGH", tags=["a", "A", "b"], dueDate="2030-01-01T10:00:00+02:00"
+    )
+    assert task["title"] == "Read"
+    assert task["priority"] == "HIGH"
+    assert task["tags"] == ["a", "b"]
+    assert task["dueDate"] == "2030-01-01T08:00:00Z"
+    assert task["userId"] == "alice"
+    assert task["createdAt"].endswith("Z")
+    body = await gql(client, f"query($id: Int!) {{ task(id: $id) {{ {TASK_FIELDS} }} }}", {"id": task["id"]})
+    assert body["data"]["task"] == task
+
+
+async def test_rest_and_graphql_see_the_same_task(client: httpx.AsyncClient) -> None:
+    task = await create(client, title="shared")
+    rest = (await client.get(f"/api/tasks/{task['id']}", headers=ALICE)).json()
+    assert (rest["title"], rest["user_id"], rest["priority"]) == ("shared", "alice", "medium")
+
+
+async def test_update_complete_delete(client: httpx.AsyncClient) -> None:
+    task = await create(client, description="d", dueDate="2030-01-01T00:00:00Z")
+    updated = await gql(
+        client,
+        'mutation($id: Int!) { updateTask(id: $id, input: {title: "new", description: null}) '
+        "{ title description dueDate updatedAt } }",
+        {"id": task["id"]},
+    )
+    assert updated["data"]["updateTask"]["title"] == "new"
+    assert updated["data"]["updateTask"]["description"] is None
+    assert updated["data"]["updateTask"]["dueDate"] == task["dueDate"]
+    assert updated["data"]["updateTask"]["updatedAt"] > task["updatedAt"]
+
+    toggled = await gql(client, "mutation($id: Int!) { completeTask(id: $id) { completed } }", {"id": task["id"]})
+    assert toggled["data"]["completeTask"]["completed"] is True
+    kept = await gql(
+        client, "mutation($id: Int!) { completeTask(id: $id, completed: true) { completed } }", {"id": task["id"]}
+    )
+    assert kept["data"]["completeTask"]["completed"] is True
+
+    deleted = await gql(client, "mutation($id: Int!) { deleteTask(id: $id) }", {"id": task["id"]})
+    assert deleted["data"]["deleteTask"] is True
+    gone = await gql(client, "query($id: Int!) { task(id: $id) { id } }", {"id": task["id"]})
+    assert gone["data"]["task"] is None
+
+
+async def test_other_users_task_is_null_or_not_found(client: httpx.AsyncClient) -> None:
+    theirs = await create(client, BOB, title="bob's")
+    read = await gql(client, "query($id: Int!) { task(id: $id) { id } }", {"id": theirs["id"]})
+    assert read["data"]["task"] is None
+    for mutation in (
+        'updateTask(id: $id, input: {title: "stolen"}) { id }',
+        "completeTask(id: $id) { id }",
+        "deleteTask(id: $id)",
+    ):
+        body = await gql(client, f"mutation($id: Int!) {{ {mutation} }}", {"id": theirs["id"]})
+        assert error_code(body) == "NOT_FOUND"
+    missing = await gql(client, "mutation { deleteTask(id: 2147483647) }")
+    assert error_code(missing) == "NOT_FOUND"
+    still = await gql(client, "query($id: Int!) { task(id: $id) { title } }", {"id": theirs["id"]}, BOB)
+    assert still["data"]["task"]["title"] == "bob's"
+
+
+async def test_lists_are_scoped_filtered_and_paged(client: httpx.AsyncClient) -> None:
+    await create(client, BOB, title="bob's")
+    for index in range(3):
+        await create(client, title=f"t{index}", completed=index == 0, tags=["Work"] if index else [])
+    body = await gql(
+        client,
+        "{ all: tasks(limit: 2) { total page limit hasNext items { title userId } } "
+        "pending: tasks(status: PENDING, sort: TITLE, order: ASC) { total items { title } } "
+        'tagged: tasks(tag: "work") { total } '
+        'searched: tasks(search: "T1") { items { title } } '
+        "page2: tasks(limit: 2, page: 2) { hasNext items { title } } }",
+    )
+    data = body["data"]
+    assert (data["all"]["total"], data["all"]["page"], data["all"]["limit"], data["all"]["hasNext"]) == (3, 1, 2, True)
+    assert {item["userId"] for item in data["all"]["items"]} == {"alice"}
+    assert [item["title"] for item in data["pending"]["items"]] == ["t1", "t2"]
+    assert data["tagged"]["total"] == 2
+    assert [item["title"] for item in data["searched"]["items"]] == ["t1"]
+    assert (data["page2"]["hasNext"], len(data["page2"]["items"])) == (False, 1)
+
+
+@pytest.mark.parametrize(
+    ("mutation", "fragment"),
+    [
+        ('createTask(input: {title: "   "}) { id }', "blank"),
+        ('createTask(input: {title: "' + "x" * 201 + '"}) { id }', "200"),
+        ('createTask(input: {title: "ok", description: "' + "d" * 1001 + '"}) { id }', "1000"),
+        ('createTask(input: {title: "ok", tags: [""]}) { id }', "tag"),
+        ('createTask(input: {title: "ok", dueDate: "soon"}) { id }', ""),
+        ('createTask(input: {title: "ok", completed: null}) { id }', "completed"),
+    ],
+)
+async def test_invalid_input_is_bad_user_input(client: httpx.AsyncClient, mutation: str, fragment: str) -> None:
+    body = await gql(client, f"mutation {{ {mutation} }}")
+    assert error_code(body) == "BAD_USER_INPUT"
+    assert fragment in body["errors"][0]["message"]
+    listed = await gql(client, "{ tasks { total } }")
+    assert listed["data"]["tasks"]["total"] == 0
+
+
+async def test_update_rejects_null_title_and_keeps_the_task(client: httpx.AsyncClient) -> None:
+    task = await create(client, title="keep")
+    body = await gql(
+        client, "mutation($id: Int!) { updateTask(id: $id, input: {title: null}) { id } }", {"id": task["id"]}
+    )
+    assert error_code(body) == "BAD_USER_INPUT"
+    assert (await gql(client, f"{{ task(id: {task['id']}) {{ title }} }}"))["data"]["task"]["title"] == "keep"
+
+
+@pytest.mark.parametrize("arguments", ["page: 0", "limit: 0", "limit: 101", "page: 2000000"])
+async def test_bad_list_arguments(client: httpx.AsyncClient, arguments: str) -> None:
+    body = await gql(client, f"{{ tasks({arguments}) {{ total }} }}")
+    assert error_code(body) == "BAD_USER_INPUT"
+
+
+async def test_unknown_enum_and_wrong_types_are_bad_user_input(client: httpx.AsyncClient) -> None:
+    for query, variables in [
+        ("{ tasks(status: DONE) { total } }", None),
+        ("query($id: Int!) { task(id: $id) { id } }", {"id": "abc"}),
+        ("query($id: Int!) { task(id: $id) { id } }", {"id": 2**40}),
+        ("{ nope }", None),
+        ("{ tasks { total ", None),
+    ]:
+        body = await gql(client, query, variables)
+        assert error_code(body) == "BAD_USER_INPUT", query
+
+
+async def test_me_and_nested_user_tasks(client: httpx.AsyncClient) -> None:
+    task = await create(client)
+    body = await gql(client, "{ me { id email name tasks { total items { id owner { id email } } } } }")
+    me = body["data"]["me"]
+    assert (me["id"], me["email"], me["name"]) == ("alice", "alice@example.com", "Alice")
+    assert me["tasks"]["items"] == [{"id": task["id"], "owner": {"id": "alice", "email": "alice@example.com"}}]
+
+
+async def test_loaders_run_one_query_per_level(client: httpx.AsyncClient, count_queries: Callable[[], Any]) -> None:
+    for index in range(5):
+        await create(client, title=f"t{index}")
+    query = "{ tasks(limit: 5) { items { id owner { id tasks(limit: 5) { items { id owner { id } } } } } } }"
+    with count_queries() as statements:
+        body = await gql(client, query)
+    assert "errors" not in body
+    # tasks page (short page: no COUNT) + owners + owner.tasks (one key) + their owners (cached by the loader)
+    assert len(statements) <= 3, statements
+
+
+async def test_sibling_fields_share_the_session_safely(client: httpx.AsyncClient) -> None:
+    await create(client)
+    aliases = " ".join(f"a{i}: tasks(page: {i + 1}, limit: 1) {{ total }}" for i in range(10))
+    body = await gql(client, f"{{ {aliases} me {{ id }} }}")
+    assert "errors" not in body
+    assert body["data"]["a0"]["total"] == 1
+
+
+async def test_failing_field_does_not_break_its_siblings_session(client: httpx.AsyncClient) -> None:
+    await create(client)
+    body = await gql(client, "{ me { id } tasks(limit: 0) { total } other: tasks { total } }")
+    assert error_code(body) == "BAD_USER_INPUT"
+    again = await gql(client, "{ tasks { total } }")
+    assert again["data"]["tasks"]["total"] == 1
+
+
+# --- Transport: auth, introspection, limits ----------------------------------------------------
+
+
+async def test_introspection_without_a_token(client: httpx.AsyncClient) -> None:
+    response = await client.post("/graphql", json={"query": "{ __schema { queryType { name } } __typename }"})
+    assert response.status_code == 200
+    assert response.json()["data"]["__schema"]["queryType"]["name"] == "Query"
+
+
+async def test_data_without_a_token_is_401(client: httpx.AsyncClient) -> None:
+    response = await client.post("/graphql", json={"query": "{ __typename tasks { total } }"})
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert response.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+async def test_graphiql_page_loads_without_a_token(client: httpx.AsyncClient) -> None:
+    response = await client.get("/graphql", headers={"Accept": "text/html"})
+    assert response.status_code == 200
+    assert "graphiql" in response.text.lower()
+
+
+@pytest.mark.parametrize("settings_overrides", [{"graphql_introspection": False}])
+async def test_introspection_can_be_disabled(client: httpx.AsyncClient) -> None:
+    body = await gql(client, "{ __schema { queryType { name } } }", headers={})
+    assert error_code(body) == "BAD_USER_INPUT"
+    page = await client.get("/graphql", headers={"Accept": "text/html"})
+    assert page.status_code == 404
+
+
+async def test_depth_limit(client: httpx.AsyncClient) -> None:
+    deep = "{ me " + "{ tasks { items { owner " * 3 + "{ tasks { items { id } } }" + " } } }" * 3 + " }"
+    body = await gql(client, deep)
+    assert error_code(body) == "BAD_USER_INPUT"
+    assert "depth" in body["errors"][0]["message"]
+
+
+async def test_alias_limit(client: httpx.AsyncClient) -> None:
+    aliases = " ".join(f"a{i}: __typename" for i in range(31))
+    body = await gql(client, f"{{ {aliases} }}")
+    assert error_code(body) == "BAD_USER_INPUT"
+
+
+async def test_token_limit(client: httpx.AsyncClient) -> None:
+    fields = " ".join("__typename" for _ in range(2100))
+    body = await gql(client, f"{{ {fields} }}")
+    assert error_code(body) == "BAD_USER_INPUT"
+
+
+async def test_batching_is_refused_as_json(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/graphql", json=[{"query": "{ __typename }"}, {"query": "{ __typename }"}], headers=ALICE
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "BAD_REQUEST"
+
+
+async def test_malformed_json_body_is_json_400(client: httpx.AsyncClient) -> None:
+    response = await client.post("/graphql", content=b"{oops", headers={**ALICE, "Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["detail"]
+
+
+async def test_mutations_are_refused_over_get(client: httpx.AsyncClient) -> None:
+    response = await client.get(
+        "/graphql", params={"query": 'mutation { createTask(input: {title: "x"}) { id } }'}, headers=ALICE
+    )
+    assert response.status_code in (400, 405)
+    assert (await gql(client, "{ tasks { total } }"))["data"]["tasks"]["total"] == 0
