@@ -7,7 +7,9 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from backend.db import create_engine, create_schema
 from backend.services import users as user_service
+from backend.tests.conftest import create_scratch_database, drop_scratch_database, make_settings
 from backend.tests.factories import create_task, principal
 
 
@@ -80,3 +82,42 @@ async def test_jit_user_gets_placeholders(session: AsyncSession) -> None:
     assert row.name == "anon"
     me = await user_service.get_me(session, principal("anon").__class__(user_id="anon"))
     assert me.email is None
+
+
+BETTER_AUTH_USER_DDL = """
+CREATE TABLE "user" (
+    "id" text NOT NULL PRIMARY KEY,
+    "name" text NOT NULL,
+    "email" text NOT NULL UNIQUE,
+    "emailVerified" boolean NOT NULL,
+    "image" text,
+    "createdAt" timestamptz DEFAULT CURRENT_TIMESTAMP NOT NULL,
+    "updatedAt" timestamptz DEFAULT CURRENT_TIMESTAMP NOT NULL,
+    "role" text
+)
+"""
+
+
+async def test_schema_creation_leaves_an_existing_user_table_alone() -> None:
+    url = await create_scratch_database("todo_schema")
+    engine = create_engine(make_settings(url))
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text(BETTER_AUTH_USER_DDL))
+            await connection.execute(
+                text(
+                    'INSERT INTO "user" (id, name, email, "emailVerified", role) '
+                    "VALUES ('ba1', 'Ann', 'ann@example.com', true, 'admin')"
+                )
+            )
+        await create_schema(engine)
+        await create_schema(engine)  # idempotent
+        async with engine.begin() as connection:
+            columns = await connection.run_sync(lambda sync: {c["name"] for c in inspect(sync).get_columns("user")})
+            assert "role" in columns
+            await connection.execute(text("INSERT INTO tasks (user_id, title) VALUES ('ba1', 'works')"))
+            row = (await connection.execute(text('SELECT name, role FROM "user"'))).one()
+            assert (row.name, row.role) == ("Ann", "admin")
+    finally:
+        await engine.dispose()
+        await drop_scratch_database(url)
