@@ -319,6 +319,15 @@ async def test_configured_issuer_and_audience_replace_the_origin(
     assert (await client.get("/api/me", headers=bearer(KEYS["PS256"].sign(configured)))).status_code == 200
     default = KEYS["PS256"].sign(better_auth_claims(jwks_server.origin))
     assert_unauthorized(await client.get("/api/me", headers=bearer(default)), "issuer")
+    # Once configured, HS256 tokens (Better Auth's session cookie too) must carry them as well.
+    assert_unauthorized(await client.get("/api/me", headers=bearer(make_token("alice"))), "'iss' claim")
+    hs_configured = make_token("alice", iss="https://auth.example.com", aud="todo-api")
+    assert (await client.get("/api/me", headers=bearer(hs_configured))).status_code == 200
+
+
+async def test_hs256_tokens_are_not_checked_for_iss_and_aud_by_default(client: httpx.AsyncClient) -> None:
+    token = make_token("alice", iss="https://anywhere.example", aud="anyone")
+    assert (await client.get("/api/me", headers=bearer(token))).status_code == 200
 
 
 # --- Algorithms: confusion, none, mismatch ---------------------------------------------------
