@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 
 from backend.config import Settings
-from backend.errors import ServiceUnavailable, Unauthenticated
+from backend.errors import DomainError, ServiceUnavailable, Unauthenticated
 from backend.rate_limit import enforce_rate_limit
 
 logger = logging.getLogger(__name__)
@@ -23,7 +24,6 @@ HS_ALGORITHMS = frozenset({"HS256"})
 JWKS_ALGORITHMS = frozenset({"EdDSA", "ES256", "ES512", "RS256", "PS256"})
 MAX_TOKEN_LENGTH = 8192
 MAX_ID_LENGTH = 255
-MAX_JWKS_BYTES = 256 * 1024
 
 # Registers the scheme in OpenAPI (Swagger's "Authorize" button); the check itself is `authenticate`.
 bearer_scheme = HTTPBearer(auto_error=False, description="A Better Auth JWT: `Authorization: Bearer <token>`")
@@ -80,6 +80,8 @@ _ERROR_DETAILS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
     (jwt.InvalidAudienceError, "Wrong token audience (aud)"),
     (jwt.InvalidIssuedAtError, "Malformed token: iat must be a number"),
     (jwt.exceptions.InvalidSubjectError, "Token carries no usable user id (sub must be a string)"),
+    (jwt.InvalidAlgorithmError, "Token algorithm does not match its key"),
+    (jwt.InvalidKeyError, "Token algorithm does not match its key"),
     (jwt.DecodeError, "Malformed token"),
 )
 
@@ -94,61 +96,63 @@ def _unauthenticated(exc: jwt.PyJWTError) -> Unauthenticated:
 
 
 class JwksCache:
-    """Better Auth's public keys by `kid`, refetched on an unknown kid at most once per interval."""
+    """Better Auth's public keys by `kid`; an unknown kid refetches the set, at most once per interval."""
 
     def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
         self._url = settings.jwks_url
         self._ttl = settings.jwks_cache_seconds
         self._min_refetch = settings.jwks_min_refetch_seconds
+        self._timeout = settings.jwks_fetch_timeout
         self._client = client
-        self._keys: dict[str, dict[str, Any]] = {}
-        self._parsed: dict[tuple[str, str], jwt.PyJWK] = {}
+        self._keys: dict[str, jwt.PyJWK] | None = None  # None until a fetch succeeds
         self._fetched_at = float("-inf")
-        self._attempted_at = float("-inf")
+        self._attempt_ended_at = float("-inf")
         self._lock = asyncio.Lock()
-        self.fetch_count = 0
 
-    async def key_for(self, kid: str, alg: str) -> jwt.PyJWK:
-        now = time.monotonic()
-        stale = now - self._fetched_at > self._ttl
-        if kid not in self._keys or stale:
+    async def key_for(self, kid: str) -> jwt.PyJWK:
+        if self._keys is None or kid not in self._keys or time.monotonic() - self._fetched_at > self._ttl:
             await self._refresh()
-        jwk = self._keys.get(kid)
-        if jwk is None:
-            if not self._keys and self._fetched_at == float("-inf"):
-                raise ServiceUnavailable("Cannot verify the token: Better Auth's JWKS is unreachable", retry_after=5)
+        if self._keys is None:
+            # A valid token must not log its user out because Better Auth is down: retry, not re-login.
+            raise ServiceUnavailable(
+                "Cannot verify the token: Better Auth's JWKS is unreachable",
+                retry_after=max(1, math.ceil(self._min_refetch)),
+            )
+        key = self._keys.get(kid)
+        if key is None:
             raise Unauthenticated("Token signed with an unknown key (kid)")
-        if jwk.get("alg", alg) != alg:
-            raise Unauthenticated("Token algorithm does not match its key")
-        parsed = self._parsed.get((kid, alg))
-        if parsed is None:
-            try:
-                parsed = jwt.PyJWK(jwk, algorithm=alg)
-            except jwt.PyJWTError:
-                raise Unauthenticated("Token algorithm does not match its key") from None
-            self._parsed[(kid, alg)] = parsed
-        return parsed
+        return key
 
     async def _refresh(self) -> None:
+        requested_at = time.monotonic()
         async with self._lock:
-            now = time.monotonic()
-            # Whoever waited on the lock may find the set just fetched; and a flood of unknown
-            # kids costs Better Auth one request per interval, not one per token.
-            if now - self._attempted_at < self._min_refetch:
+            # An attempt that ended after this request began (it waited on that one) or less than
+            # the interval before it answers it: a flood of bogus kids costs Better Auth one request
+            # per interval. A failed attempt keeps the keys fetched before.
+            if self._attempt_ended_at > requested_at - self._min_refetch:
                 return
-            self._attempted_at = now
-            self.fetch_count += 1
             try:
-                response = await self._client.get(self._url)
-                response.raise_for_status()
-                if len(response.content) > MAX_JWKS_BYTES:
-                    raise ValueError("JWKS response too large")
-                keys = response.json().get("keys", [])
-                fresh = {k["kid"]: k for k in keys if isinstance(k, dict) and isinstance(k.get("kid"), str)}
-            except (httpx.HTTPError, ValueError, AttributeError, KeyError) as exc:
-                logger.warning("JWKS fetch from %s failed: %s", self._url, exc)
-                return
-            self._keys, self._parsed, self._fetched_at = fresh, {}, now
+                keys = await self._fetch()
+            except (httpx.HTTPError, httpx.InvalidURL, TimeoutError, ValueError) as exc:
+                logger.warning("JWKS fetch from %s failed: %r", self._url, exc)
+            else:
+                self._keys, self._fetched_at = keys, time.monotonic()
+            finally:
+                self._attempt_ended_at = time.monotonic()
+
+    async def _fetch(self) -> dict[str, jwt.PyJWK]:
+        async with asyncio.timeout(self._timeout):  # httpx's timeouts bound each read, not the whole response
+            response = await self._client.get(self._url)
+        response.raise_for_status()
+        document = response.json()
+        if not isinstance(document, dict):
+            raise ValueError("the JWKS is not a JSON object")
+        try:
+            key_set = jwt.PyJWKSet.from_dict(document)
+        except jwt.PyJWKSetError as exc:  # Better Auth mints its first key on the first /token call
+            logger.warning("JWKS at %s holds no usable key: %s", self._url, exc)
+            return {}
+        return {key.key_id: key for key in key_set.keys if isinstance(key.key_id, str)}
 
 
 class TokenVerifier:
@@ -171,24 +175,27 @@ class TokenVerifier:
         except jwt.PyJWTError:
             raise Unauthenticated("Malformed token") from None
         alg = header.get("alg")
-        if alg in HS_ALGORITHMS:
-            claims = self._decode(token, self._secret, alg, self._hs_issuer, self._hs_audience)
-        elif alg in JWKS_ALGORITHMS:
-            kid = header.get("kid")
-            if not isinstance(kid, str) or not kid:
-                raise Unauthenticated("Token has no key id (kid)")
-            key = await self._jwks.key_for(kid, alg)
-            claims = self._decode(token, key, alg, self._jwks_issuer, self._jwks_audience)
-        else:
+        if not isinstance(alg, str) or alg not in HS_ALGORITHMS | JWKS_ALGORITHMS:
             raise Unauthenticated(f"Token algorithm {str(alg)[:20]!r} is not accepted")
+        if alg in HS_ALGORITHMS:
+            # Only ever the shared secret: a public key can never serve as an HMAC secret here.
+            claims = self._decode(token, self._secret, alg, self._hs_issuer, self._hs_audience)
+        else:
+            kid = header.get("kid")
+            if not kid:
+                raise Unauthenticated("Token has no key id (kid)")
+            key = await self._jwks.key_for(kid)
+            claims = self._decode(token, key, alg, self._jwks_issuer, self._jwks_audience)
         return principal_from_claims(claims)
 
-    def _decode(self, token: str, key: Any, alg: str, issuer: str | None, audience: str | None) -> dict[str, Any]:
+    def _decode(
+        self, token: str, key: str | jwt.PyJWK, alg: str, issuer: str | None, audience: str | None
+    ) -> dict[str, Any]:
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key,
-                algorithms=[alg],
+                algorithms=[alg],  # with a PyJWK, PyJWT also requires alg == the key's own alg
                 issuer=issuer,
                 audience=audience,
                 leeway=self._leeway,
@@ -220,10 +227,10 @@ async def authenticate(request: Request, *, required: bool = True) -> Principal 
     """
     authorization = request.headers.get("authorization")
     principal: Principal | None = None
-    failure: Unauthenticated | None = None
+    failure: DomainError | None = None
     try:
         principal = await request.app.state.token_verifier.verify(bearer_token(authorization))
-    except Unauthenticated as exc:
+    except (Unauthenticated, ServiceUnavailable) as exc:
         failure = exc
     request.state.principal = principal
     await enforce_rate_limit(request)

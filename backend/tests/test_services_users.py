@@ -1,0 +1,92 @@
+"""The just-in-time "user" row: created from the token's claims when missing, never changed when present."""
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from backend.auth import Principal, principal_from_claims
+from backend.services import users as user_service
+from backend.services.users import placeholder_email, users_table
+
+BETTER_AUTH_ROW: dict[str, Any] = {
+    "id": "B" * 32,
+    "name": "Written by Better Auth",
+    "email": "owner@example.com",
+    "emailVerified": True,
+    "image": "https://example.com/a.png",
+    "createdAt": datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC),
+    "updatedAt": datetime(2025, 6, 7, 8, 9, 10, tzinfo=UTC),
+}
+
+
+async def user_row(session: AsyncSession, user_id: str) -> dict[str, Any] | None:
+    row = (await session.execute(select(users_table).where(users_table.c.id == user_id))).mappings().first()
+    return dict(row) if row is not None else None
+
+
+async def test_missing_row_is_created_from_the_claims(session: AsyncSession) -> None:
+    await user_service.ensure_user(
+        session, principal_from_claims({"sub": "u1", "email": "u1@example.com", "name": "U"})
+    )
+    row = await user_row(session, "u1")
+    assert row is not None
+    assert (row["name"], row["email"], row["emailVerified"]) == ("U", "u1@example.com", False)
+
+
+async def test_session_cache_claims_fill_the_row_from_their_user_object(session: AsyncSession) -> None:
+    claims = {"session": {"userId": "u2"}, "user": {"id": "u2", "email": "u2@example.com", "name": "Nested"}}
+    await user_service.ensure_user(session, principal_from_claims(claims))
+    row = await user_row(session, "u2")
+    assert row is not None
+    assert (row["name"], row["email"]) == ("Nested", "u2@example.com")
+
+
+async def test_missing_name_and_email_get_placeholders(session: AsyncSession) -> None:
+    await user_service.ensure_user(session, Principal("u3"))
+    await user_service.ensure_user(session, Principal("u4", email="four@example.com"))
+    three, four = await user_row(session, "u3"), await user_row(session, "u4")
+    assert three is not None
+    assert (three["name"], three["email"]) == ("u3", placeholder_email("u3"))
+    assert four is not None
+    assert (four["name"], four["email"]) == ("four", "four@example.com")
+    assert (await user_service.get_me(session, Principal("u3"))).email is None
+
+
+async def test_an_email_taken_by_another_user_falls_back_to_a_placeholder(session: AsyncSession) -> None:
+    await session.execute(insert(users_table).values(BETTER_AUTH_ROW))
+    await user_service.ensure_user(session, Principal("u5", email="owner@example.com", name="Five"))
+    row = await user_row(session, "u5")
+    assert row is not None
+    assert (row["name"], row["email"]) == ("Five", placeholder_email("u5"))
+    assert await user_row(session, BETTER_AUTH_ROW["id"]) == BETTER_AUTH_ROW
+
+
+async def test_a_row_better_auth_wrote_is_never_changed(session: AsyncSession) -> None:
+    await session.execute(insert(users_table).values(BETTER_AUTH_ROW))
+    claims = Principal(BETTER_AUTH_ROW["id"], email="new@example.com", name="New name")
+    await user_service.ensure_user(session, claims)
+    assert await user_row(session, BETTER_AUTH_ROW["id"]) == BETTER_AUTH_ROW
+    me = await user_service.get_me(session, claims)
+    assert (me.email, me.name) == ("owner@example.com", "Written by Better Auth")
+
+
+async def test_concurrent_first_requests_create_one_row(engine: AsyncEngine) -> None:
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    newcomer = Principal("concurrent-newcomer", email="newcomer@example.com")
+
+    async def first_request() -> None:
+        async with sessions() as session:
+            await user_service.ensure_user(session, newcomer)
+            await session.commit()
+
+    try:
+        await asyncio.gather(*(first_request() for _ in range(5)))
+        async with sessions() as session:
+            assert await user_row(session, newcomer.user_id) is not None
+    finally:
+        async with sessions() as session:
+            await session.execute(delete(users_table).where(users_table.c.id == newcomer.user_id))
+            await session.commit()
