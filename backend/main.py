@@ -17,9 +17,11 @@ from backend.config import Settings, get_settings
 from backend.db import create_engine, create_schema, create_sessionmaker
 from backend.errors import register_error_handlers
 from backend.gql.schema import create_graphql_router
+from backend.metrics import create_metrics_router, instrument_pool
 from backend.middleware import BodySizeLimitMiddleware, SecurityHeadersMiddleware
+from backend.observability import ObservabilityMiddleware, configure_logging
 from backend.rate_limit import build_rate_limit_check, create_limiter
-from backend.routes import api_router
+from backend.routes import api_router, health
 from backend.services import tasks as task_service
 
 logger = logging.getLogger(__name__)
@@ -52,10 +54,12 @@ async def _purge_idempotency_keys_forever(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None = None) -> FastAPI:
     """Build the app. With `engine`, the caller owns the engine and its schema (tests, embedding)."""
     settings = settings or get_settings()
+    configure_logging(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app_engine = engine or create_engine(settings)
+        stop_pool_metrics = instrument_pool(app_engine)
         if engine is None:
             await create_schema(app_engine)
         app.state.engine = app_engine
@@ -69,6 +73,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
                 purger.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await purger
+                stop_pool_metrics()
                 if engine is None:
                     await app_engine.dispose()
 
@@ -85,8 +90,11 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     register_error_handlers(app)
     app.include_router(api_router)
     app.include_router(create_graphql_router(settings), prefix="/graphql")
+    app.include_router(health.router)
+    if settings.metrics_enabled:
+        app.include_router(create_metrics_router(settings))
 
-    # Outermost last: proxy headers -> CORS -> security headers -> body limit -> routes.
+    # Outermost last: observability -> proxy headers -> CORS -> security headers -> body limit -> routes.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(
@@ -99,6 +107,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
         max_age=600,
     )
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
+    app.add_middleware(ObservabilityMiddleware, record_metrics=settings.metrics_enabled)
     return app
 
 
