@@ -16,6 +16,7 @@ from backend.auth import JwksCache, TokenVerifier
 from backend.config import Settings, get_settings
 from backend.db import create_engine, create_schema, create_sessionmaker
 from backend.errors import register_error_handlers
+from backend.explorers import mount_explorers
 from backend.gql.schema import create_graphql_router
 from backend.metrics import create_metrics_router, instrument_pool
 from backend.middleware import BodySizeLimitMiddleware, SecurityHeadersMiddleware
@@ -82,6 +83,8 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
         version="1.0.0",
         summary="Multi-user tasks over REST and GraphQL, authenticated by Better Auth JWTs.",
         lifespan=lifespan,
+        docs_url=None,  # served by mount_explorers from local assets
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.limiter = create_limiter(settings)
@@ -93,6 +96,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     app.include_router(health.router)
     if settings.metrics_enabled:
         app.include_router(create_metrics_router(settings))
+    mount_explorers(app)
 
     # Outermost last: observability -> proxy headers -> CORS -> security headers -> body limit -> routes.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
