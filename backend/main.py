@@ -39,6 +39,11 @@ EXPOSED_HEADERS = [
 ]
 ALLOWED_HEADERS = ["Authorization", "Content-Type", "If-Match", "Idempotency-Key", "X-Request-ID"]
 IDEMPOTENCY_PURGE_SECONDS = 3600
+OPENAPI_TAGS = [
+    {"name": "tasks", "description": "Your tasks, under `/api/tasks` and again under `/api/{user_id}/tasks`."},
+    {"name": "users", "description": "Who the bearer token says you are."},
+    {"name": "graphql", "description": "The same operations over GraphQL; open `/graphql` in a browser."},
+]
 
 
 async def _purge_idempotency_keys_forever(app: FastAPI) -> None:
@@ -83,6 +88,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
         version="1.0.0",
         summary="Multi-user tasks over REST and GraphQL, authenticated by Better Auth JWTs.",
         lifespan=lifespan,
+        openapi_tags=OPENAPI_TAGS,
         docs_url=None,  # served by mount_explorers from local assets
         redoc_url=None,
     )
