@@ -20,8 +20,8 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as ready
 from selenium.webdriver.support.ui import WebDriverWait
 
-from backend.explorers import ASSETS_DIR
-from backend.tests.factories import make_token
+from backend.explorers import ASSETS_DIR, GRAPHIQL_TEMPLATE
+from backend.tests.factories import auth_headers, make_token
 from backend.tests.live_server import live_server
 
 CHROMIUM = "/usr/bin/chromium"
@@ -63,6 +63,18 @@ async def test_pages_load_every_asset_from_the_app(client: httpx.AsyncClient, pa
         asset = await client.get(url)
         assert asset.status_code == 200, url
         assert len(asset.content) > 100, url
+
+
+async def test_graphiql_example_query_runs(client: httpx.AsyncClient) -> None:
+    template = GRAPHIQL_TEMPLATE.read_text()
+    example = template[template.index("const EXAMPLE_QUERY = `") + len("const EXAMPLE_QUERY = `") :]
+    example = example[: example.index("`;")].replace("\\`", "`")
+    response = await client.post("/graphql", json={"query": example}, headers=auth_headers("judy"))
+    assert response.status_code == 200
+    result = response.json()
+    assert "errors" not in result
+    assert result["data"]["me"]["id"] == "judy"
+    assert result["data"]["tasks"]["total"] == 0
 
 
 @pytest.mark.parametrize("settings_overrides", [{"graphiql": False}])

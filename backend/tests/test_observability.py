@@ -195,3 +195,7 @@ async def test_pool_gauges_follow_checkouts(tmp_path: Any) -> None:
         stop()
         await engine.dispose()
     assert sample("todo_db_pool_size") == size_before
+
+
+def test_log_level_is_case_insensitive() -> None:
+    assert make_settings("sqlite+aiosqlite://", log_level="debug").log_level == "DEBUG"
