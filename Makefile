@@ -4,12 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+ASSET_STAMP := .assets/.installed-stamp
 PORT ?= 8000
 TOKEN_USER := $(or $(USER_ID),$(USER),alice)
 
 .PHONY: install run test lint typecheck pytest token schema bench clean
 
-install: $(STAMP)
+install: $(STAMP) $(ASSET_STAMP)
 
 # Re-install when the venv is missing or pyproject.toml changed since the last install.
 $(STAMP): pyproject.toml
@@ -18,12 +19,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# Swagger UI and GraphiQL builds from npm (package-lock.json); fetched again when the list changes.
+$(ASSET_STAMP): package.json package-lock.json scripts/explorer-assets.sh
+	@if command -v npm >/dev/null; then sh scripts/explorer-assets.sh && touch $@; \
+	else echo "warning: npm not found, so /docs and /graphql will not load: install Node.js, then make install" >&2; fi
+
 run: install
-	@echo "Todo API on http://127.0.0.1:$(PORT)  (REST /api, Swagger /docs, GraphiQL /graphql)"
-	@echo "Database: $${DATABASE_URL:-sqlite+aiosqlite:///./todo.db (embedded SQLite)}"
-	@echo "A dev token for user 'alice' (24 h; another user: make token USER=bob):"
-	@$(PY) -m backend.dev_token alice
-	$(VENV)/bin/uvicorn backend.main:app --host 127.0.0.1 --port $(PORT) --no-server-header
+	@$(PY) -m backend.dev_banner --url http://127.0.0.1:$(PORT)
+	$(VENV)/bin/uvicorn backend.main:app --host 127.0.0.1 --port $(PORT) --no-server-header --no-access-log
 
 token: install
 	@$(PY) -m backend.dev_token $(TOKEN_USER)
@@ -44,4 +47,4 @@ pytest: install
 test: lint typecheck pytest
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache todo.db todo.db-*
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache todo.db todo.db-* node_modules .assets

@@ -53,7 +53,13 @@ class Settings(BaseSettings):
     graphql_max_tokens: int = Field(default=2000, ge=1)
 
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
-    idempotency_ttl_hours: int = Field(default=24, ge=24)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    metrics_enabled: bool = True
+    # Several workers share one set of metrics through files here. prometheus-client reads the
+    # variable itself when it is imported, so it must be set in the process environment, not in .env.
+    prometheus_multiproc_dir: str | None = None
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -61,6 +67,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _enforce_secret(self) -> "Settings":

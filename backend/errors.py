@@ -13,6 +13,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from backend.observability import REQUEST_ID_HEADER, request_id_bound, request_id_of
+
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_DB_SECONDS = 5
@@ -189,8 +191,13 @@ async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     if domain_error is not None:
         logger.warning("%s %s: %s (%s)", request.method, request.url.path, domain_error.message, exc.__class__.__name__)
         return domain_error_response(domain_error, graphql=_is_graphql(request))
-    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse(error_body("INTERNAL", "Internal server error"), status_code=500)
+    # This handler runs outside the request's middleware, so the request id comes from the scope.
+    request_id = request_id_of(request)
+    with request_id_bound(request_id):
+        logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(
+        error_body("INTERNAL", "Internal server error"), status_code=500, headers={REQUEST_ID_HEADER: request_id}
+    )
 
 
 def register_error_handlers(app: FastAPI) -> None:

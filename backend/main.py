@@ -16,10 +16,13 @@ from backend.auth import JwksCache, TokenVerifier
 from backend.config import Settings, get_settings
 from backend.db import create_engine, create_schema, create_sessionmaker
 from backend.errors import register_error_handlers
+from backend.explorers import mount_explorers
 from backend.gql.schema import create_graphql_router
+from backend.metrics import create_metrics_router, instrument_pool
 from backend.middleware import BodySizeLimitMiddleware, SecurityHeadersMiddleware
+from backend.observability import ObservabilityMiddleware, configure_logging
 from backend.rate_limit import build_rate_limit_check, create_limiter
-from backend.routes import api_router
+from backend.routes import api_router, health
 from backend.services import tasks as task_service
 
 logger = logging.getLogger(__name__)
@@ -36,6 +39,11 @@ EXPOSED_HEADERS = [
 ]
 ALLOWED_HEADERS = ["Authorization", "Content-Type", "If-Match", "Idempotency-Key", "X-Request-ID"]
 IDEMPOTENCY_PURGE_SECONDS = 3600
+OPENAPI_TAGS = [
+    {"name": "tasks", "description": "Your tasks, under `/api/tasks` and again under `/api/{user_id}/tasks`."},
+    {"name": "users", "description": "Who the bearer token says you are."},
+    {"name": "graphql", "description": "The same operations over GraphQL; open `/graphql` in a browser."},
+]
 
 
 async def _purge_idempotency_keys_forever(app: FastAPI) -> None:
@@ -52,10 +60,12 @@ async def _purge_idempotency_keys_forever(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None = None) -> FastAPI:
     """Build the app. With `engine`, the caller owns the engine and its schema (tests, embedding)."""
     settings = settings or get_settings()
+    configure_logging(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app_engine = engine or create_engine(settings)
+        stop_pool_metrics = instrument_pool(app_engine)
         if engine is None:
             await create_schema(app_engine)
         app.state.engine = app_engine
@@ -69,6 +79,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
                 purger.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await purger
+                stop_pool_metrics()
                 if engine is None:
                     await app_engine.dispose()
 
@@ -77,6 +88,9 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
         version="1.0.0",
         summary="Multi-user tasks over REST and GraphQL, authenticated by Better Auth JWTs.",
         lifespan=lifespan,
+        openapi_tags=OPENAPI_TAGS,
+        docs_url=None,  # served by mount_explorers from local assets
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.limiter = create_limiter(settings)
@@ -85,8 +99,12 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     register_error_handlers(app)
     app.include_router(api_router)
     app.include_router(create_graphql_router(settings), prefix="/graphql")
+    app.include_router(health.router)
+    if settings.metrics_enabled:
+        app.include_router(create_metrics_router(settings))
+    mount_explorers(app)
 
-    # Outermost last: proxy headers -> CORS -> security headers -> body limit -> routes.
+    # Outermost last: observability -> proxy headers -> CORS -> security headers -> body limit -> routes.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(
@@ -99,6 +117,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
         max_age=600,
     )
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
+    app.add_middleware(ObservabilityMiddleware, record_metrics=settings.metrics_enabled)
     return app
 
 

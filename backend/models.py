@@ -311,6 +311,11 @@ class TaskCreate(_Input):
 class TaskUpdate(_Input):
     """PATCH: any subset. Explicit null clears description/due_date; it is refused elsewhere."""
 
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={"examples": [{"priority": "low", "due_date": None}, {"tags": ["errands", "weekend"]}]},
+    )
+
     title: Title | None = None
     description: Description = None
     completed: StrictBool | None = None
@@ -332,11 +337,20 @@ class TaskUpdate(_Input):
 class TaskReplace(TaskUpdate):
     """PUT: title required; omitted optional fields keep their value, null clears as in PATCH."""
 
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [{"title": "Buy oat milk", "description": None, "completed": True, "priority": "medium"}]
+        },
+    )
+
     title: Title
 
 
 class CompleteInput(_Input):
     completed: StrictBool | None = None
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{"completed": True}]})
 
 
 class TaskPublic(BaseModel):

@@ -9,6 +9,7 @@ from limits import parse as parse_limit
 from slowapi import Limiter
 from slowapi.errors import RateLimitExceeded
 
+from backend import metrics
 from backend.config import Settings
 from backend.errors import RateLimited
 
@@ -57,6 +58,7 @@ async def enforce_rate_limit(request: Request) -> None:
     try:
         await request.app.state.check_rate_limit(request=request)
     except RateLimitExceeded:
+        metrics.RATE_LIMIT_REJECTIONS.inc()
         raise RateLimited(retry_after=_seconds_until_reset(request)) from None
 
 

@@ -1,0 +1,203 @@
+"""Request ids, one access log line per request, JSON or text logs, and request metrics (pure ASGI)."""
+
+import logging
+import re
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from fastapi.routing import iter_route_contexts
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.orjson import OrjsonFormatter
+from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backend import metrics
+from backend.config import Settings
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# Ids from a proxy or client are kept when they are short and plain (uuid, ulid, hex, base64);
+# anything else could forge log lines or headers, so the request gets a fresh id instead.
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
+NO_REQUEST_ID = "-"
+UNMATCHED_ROUTE = "<unmatched>"
+# Load balancers and Prometheus call these every few seconds: their lines go to DEBUG.
+PROBE_ROUTES = frozenset({"/health", "/ready", "/metrics"})
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+JSON_FIELDS = ("levelname", "name", "message", "request_id")
+JSON_RENAMED_FIELDS = {"levelname": "level", "name": "logger"}
+JSON_SKIPPED_ATTRS = (*RESERVED_ATTRS, "color_message")  # uvicorn's ANSI-coloured copy of the message
+
+_request_id: ContextVar[str] = ContextVar("request_id", default=NO_REQUEST_ID)
+access_logger = logging.getLogger("backend.access")
+
+
+def request_id_of(request: Request) -> str:
+    """The id of a request whose middleware context has already ended (the 500 handler runs outside it)."""
+    return str(request.scope.get("state", {}).get("request_id", NO_REQUEST_ID))
+
+
+@contextmanager
+def request_id_bound(request_id: str) -> Iterator[None]:
+    """Log records created inside carry `request_id` (the middleware binds it for each request)."""
+    token = _request_id.set(request_id)
+    try:
+        yield
+    finally:
+        _request_id.reset(token)
+
+
+def _install_request_id_record_factory() -> None:
+    # A record factory, not a handler filter: every handler sees the id, including ones
+    # added later (pytest's caplog, an APM agent's).
+    base_factory = logging.getLogRecordFactory()
+    if getattr(base_factory, "adds_request_id", False):
+        return
+
+    def record_with_request_id(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = base_factory(*args, **kwargs)
+        record.__dict__["request_id"] = _request_id.get()
+        return record
+
+    record_with_request_id.adds_request_id = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(record_with_request_id)
+
+
+class _AppLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The one root handler this app installs; found again when another app is created in-process."""
+
+
+def configure_logging(settings: Settings) -> None:
+    formatter: logging.Formatter
+    if settings.log_format == "json":
+        formatter = OrjsonFormatter(
+            JSON_FIELDS, rename_fields=JSON_RENAMED_FIELDS, reserved_attrs=JSON_SKIPPED_ATTRS, timestamp="time"
+        )
+    else:
+        formatter = logging.Formatter(TEXT_FORMAT)
+    _install_request_id_record_factory()
+    root = logging.getLogger()
+    handler = next((h for h in root.handlers if isinstance(h, _AppLogHandler)), None)
+    if handler is None:
+        handler = _AppLogHandler()
+        root.addHandler(handler)
+    handler.setFormatter(formatter)
+    root.setLevel(settings.log_level)
+    # uvicorn's own lines go through the same handler and format; its access log would
+    # duplicate ours, which knows the route template and the user.
+    for name in ("uvicorn", "uvicorn.error"):
+        uvicorn_logger = logging.getLogger(name)
+        uvicorn_logger.handlers.clear()
+        uvicorn_logger.propagate = True
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+def _incoming_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    for name, value in headers:
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            return candidate if _SAFE_REQUEST_ID.fullmatch(candidate) else None
+    return None
+
+
+class RouteTemplates:
+    """The path template of the route that served a request, e.g. `/api/{user_id}/tasks/{task_id}`.
+
+    FastAPI puts the selected route in `scope["route"]`, but a router included twice (under
+    /api/tasks and /api/{user_id}/tasks) shares its route objects, so the template comes from
+    FastAPI's route contexts, indexed once, with the path deciding between prefixes.
+    """
+
+    def __init__(self, routes: Sequence[BaseRoute]) -> None:
+        self._by_route: dict[int, list[tuple[re.Pattern[str], str]]] = defaultdict(list)
+        for context in iter_route_contexts(routes):
+            path_regex, path_format = getattr(context, "path_regex", None), context.path_format
+            if path_regex is not None and path_format:
+                self._by_route[id(context.original_route)].append((path_regex, path_format))
+
+    def template(self, scope: Scope) -> str:
+        route = scope.get("route")
+        if route is None:
+            return UNMATCHED_ROUTE
+        candidates = self._by_route.get(id(route))
+        if not candidates:
+            return str(getattr(route, "path_format", UNMATCHED_ROUTE))  # a Mount: "/static/{path}"
+        if len(candidates) == 1:
+            return candidates[0][1]
+        path = _route_path(scope)
+        return next((template for regex, template in candidates if regex.match(path)), candidates[0][1])
+
+
+def _route_path(scope: Scope) -> str:
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    return path[len(root_path) :] if root_path and path.startswith(root_path) else path
+
+
+class ObservabilityMiddleware:
+    """Outermost middleware: request id in, out and in every log line; one access line; request metrics."""
+
+    def __init__(self, app: ASGIApp, *, record_metrics: bool = True) -> None:
+        self.app = app
+        self.record_metrics = record_metrics
+        self._templates: RouteTemplates | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = _incoming_request_id(scope["headers"]) or uuid.uuid4().hex
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        status = 500  # unless a response starts: an exception escaped every handler
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                # Set, not appended: the 500 handler may have set it already.
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        with request_id_bound(request_id):
+            try:
+                await self.app(scope, receive, send_with_request_id)
+            finally:
+                self._record(scope, state, status, time.perf_counter() - started)
+
+    def _record(self, scope: Scope, state: dict[str, Any], status: int, seconds: float) -> None:
+        if self._templates is None:
+            # Built on the first request: every route is registered by then.
+            self._templates = RouteTemplates(scope["app"].routes)
+        route = self._templates.template(scope)
+        method: str = scope["method"]
+        if self.record_metrics:
+            metrics.observe_request(method, route, status, seconds)
+        level = logging.DEBUG if route in PROBE_ROUTES else logging.INFO
+        if access_logger.isEnabledFor(level):
+            principal = state.get("principal")
+            user_id = principal.user_id if principal is not None else None
+            duration_ms = round(seconds * 1000, 1)
+            access_logger.log(
+                level,
+                "%s %s %d %.1fms user=%s",
+                method,
+                route,
+                status,
+                duration_ms,
+                user_id or "-",
+                extra={
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": duration_ms,
+                    "user_id": user_id,
+                },
+            )

@@ -1,0 +1,201 @@
+"""Request ids, the access log line, JSON logs and the Prometheus metrics."""
+
+import io
+import json
+import logging
+import re
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from prometheus_client import REGISTRY
+
+from backend.config import Settings
+from backend.db import create_engine
+from backend.metrics import instrument_pool
+from backend.observability import configure_logging
+from backend.tests.conftest import make_settings
+from backend.tests.factories import auth_headers
+
+GENERATED_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def access_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.name == "backend.access"]
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+# --- X-Request-ID ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("request_id", ["abc-123", "3f2b1c9e-8d7a-4e6f-9a0b-1c2d3e4f5a6b", "Root=1-67891233:abc+/="])
+async def test_a_plain_request_id_is_kept_and_echoed(client: httpx.AsyncClient, request_id: str) -> None:
+    response = await client.get("/health", headers={"X-Request-ID": request_id})
+    assert response.headers["x-request-id"] == request_id
+
+
+@pytest.mark.parametrize("request_id", [None, "", "has spaces", "x" * 129, 'quote"d', "new\\nline", "ünïcode"])
+async def test_a_missing_or_unsafe_request_id_is_replaced(client: httpx.AsyncClient, request_id: str | None) -> None:
+    headers = [] if request_id is None else [(b"X-Request-ID", request_id.encode())]
+    response = await client.get("/health", headers=headers)
+    assert GENERATED_ID.fullmatch(response.headers["x-request-id"])
+
+
+async def test_request_id_is_on_errors_and_differs_per_request(client: httpx.AsyncClient) -> None:
+    first, second = await client.get("/api/tasks"), await client.get("/api/tasks")
+    assert first.status_code == second.status_code == 401
+    assert first.headers["x-request-id"] != second.headers["x-request-id"]
+
+
+# --- The access log -------------------------------------------------------------------------------
+
+
+async def test_one_access_line_per_request_with_template_user_and_no_secrets(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    headers = auth_headers("alice")
+    created = await client.post("/api/tasks", json={"title": "secret groceries"}, headers=headers)
+    caplog.set_level(logging.INFO, logger="backend.access")
+    caplog.clear()
+
+    response = await client.get(
+        f"/api/alice/tasks/{created.json()['id']}", headers={**headers, "X-Request-ID": "req-1"}
+    )
+
+    assert response.status_code == 200
+    (record,) = access_records(caplog)
+    fields = {name: vars(record)[name] for name in ("method", "route", "status", "user_id", "request_id")}
+    assert fields == {
+        "method": "GET",
+        "route": "/api/{user_id}/tasks/{task_id}",
+        "status": 200,
+        "user_id": "alice",
+        "request_id": "req-1",
+    }
+    assert isinstance(vars(record)["duration_ms"], float)
+    logged = json.dumps([vars(r) for r in caplog.records], default=str)
+    assert headers["Authorization"].split()[1] not in logged
+    assert "secret groceries" not in logged
+
+
+async def test_access_line_of_an_anonymous_failure(client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="backend.access")
+    await client.get("/api/tasks/12345", headers={"Authorization": "Bearer not-a-jwt"})
+    await client.get("/no/such/path")
+    first, second = (vars(record) for record in access_records(caplog))
+    assert (first["route"], first["status"], first["user_id"]) == ("/api/tasks/{task_id}", 401, None)
+    assert (second["route"], second["status"]) == ("<unmatched>", 404)
+    assert "not-a-jwt" not in first["msg"] % first["args"]
+
+
+async def test_probes_log_at_debug_only(client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="backend.access")
+    await client.get("/health")
+    assert access_records(caplog) == []
+
+
+async def test_every_log_line_of_a_request_carries_its_id(
+    app: FastAPI, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def chatty() -> dict[str, str]:
+        logging.getLogger("backend.services.example").warning("working on it")
+        return {}
+
+    app.add_api_route("/chatty", chatty)
+    caplog.set_level(logging.INFO)
+    await client.get("/chatty", headers={"X-Request-ID": "req-42"})
+    lines = [r for r in caplog.records if r.name in ("backend.services.example", "backend.access")]
+    assert [r.name for r in lines] == ["backend.services.example", "backend.access"]
+    assert {vars(r)["request_id"] for r in lines} == {"req-42"}
+
+
+async def test_an_unexpected_error_is_a_500_with_the_request_id(app: FastAPI, caplog: pytest.LogCaptureFixture) -> None:
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/broken", broken)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        response = await client.get("/broken", headers={"X-Request-ID": "req-500"})
+    assert response.status_code == 500
+    assert response.json() == {"error": "INTERNAL", "detail": "Internal server error"}
+    assert response.headers["x-request-id"] == "req-500"
+    traceback_line = next(vars(r) for r in caplog.records if r.name == "backend.errors")
+    access_line = next(vars(r) for r in caplog.records if r.name == "backend.access")
+    assert traceback_line["request_id"] == access_line["request_id"] == "req-500"
+    assert access_line["status"] == 500
+
+
+def test_json_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    stream = io.StringIO()
+    configure_logging(make_settings("sqlite+aiosqlite://", log_format="json"))
+    handler = next(h for h in logging.getLogger().handlers if type(h).__name__ == "_AppLogHandler")
+    assert isinstance(handler, logging.StreamHandler)
+    previous = handler.setStream(stream)
+    try:
+        logging.getLogger("backend.access").info(
+            "GET /api/tasks 200 1.0ms user=alice", extra={"route": "/api/tasks", "status": 200, "user_id": "alice"}
+        )
+    finally:
+        handler.setStream(previous)
+        configure_logging(make_settings("sqlite+aiosqlite://"))
+    line = json.loads(stream.getvalue().splitlines()[-1])
+    assert line["level"] == "INFO"
+    assert line["logger"] == "backend.access"
+    assert line["request_id"] == "-"
+    assert (line["route"], line["status"], line["user_id"]) == ("/api/tasks", 200, "alice")
+    assert line["time"].endswith("+00:00")
+
+
+# --- Metrics ----------------------------------------------------------------------------------------
+
+
+async def test_requests_are_counted_by_route_template_and_status(client: httpx.AsyncClient) -> None:
+    labels = {"method": "GET", "route": "/api/tasks/{task_id}", "status": "404"}
+    before = sample("http_requests_total", **labels)
+    seconds_before = sample("http_request_duration_seconds_count", **labels)
+    for task_id in (999_001, 999_002):
+        await client.get(f"/api/tasks/{task_id}", headers=auth_headers())
+
+    assert sample("http_requests_total", **labels) == before + 2
+    assert sample("http_request_duration_seconds_count", **labels) == seconds_before + 2
+    exposition = (await client.get("/metrics")).text
+    assert 'http_requests_total{method="GET",route="/api/tasks/{task_id}",status="404"}' in exposition
+    assert "todo_db_pool_checked_out" in exposition
+    assert "todo_rate_limit_rejections_total" in exposition
+
+
+@pytest.mark.parametrize("settings_overrides", [{"rate_limit": "2/minute"}])
+async def test_rate_limit_rejections_are_counted(client: httpx.AsyncClient, settings_overrides: dict[str, Any]) -> None:
+    before = sample("todo_rate_limit_rejections_total")
+    statuses = [(await client.get("/api/me", headers=auth_headers("carol"))).status_code for _ in range(4)]
+    assert statuses == [200, 200, 429, 429]
+    assert sample("todo_rate_limit_rejections_total") == before + 2
+
+
+@pytest.mark.parametrize("settings_overrides", [{"metrics_enabled": False}])
+async def test_metrics_can_be_turned_off(client: httpx.AsyncClient, settings_overrides: dict[str, Any]) -> None:
+    assert (await client.get("/metrics")).status_code == 404
+
+
+async def test_pool_gauges_follow_checkouts(tmp_path: Any) -> None:
+    engine = create_engine(Settings(_env_file=None, database_url=f"sqlite+aiosqlite:///{tmp_path}/pool.db"))
+    size_before, in_use_before = sample("todo_db_pool_size"), sample("todo_db_pool_checked_out")
+    stop = instrument_pool(engine)
+    try:
+        assert sample("todo_db_pool_size") == size_before + 1
+        async with engine.connect():
+            assert sample("todo_db_pool_checked_out") == in_use_before + 1
+        assert sample("todo_db_pool_checked_out") == in_use_before
+    finally:
+        stop()
+        await engine.dispose()
+    assert sample("todo_db_pool_size") == size_before
+
+
+def test_log_level_is_case_insensitive() -> None:
+    assert make_settings("sqlite+aiosqlite://", log_level="debug").log_level == "DEBUG"
