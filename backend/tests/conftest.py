@@ -38,8 +38,10 @@ async def create_scratch_database(prefix: str = "todo_test") -> str:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    return make_url(ADMIN_DATABASE_URL).set(drivername="postgresql+asyncpg", database=name).render_as_string(
-        hide_password=False
+    return (
+        make_url(ADMIN_DATABASE_URL)
+        .set(drivername="postgresql+asyncpg", database=name)
+        .render_as_string(hide_password=False)
     )
 
 
@@ -64,7 +66,7 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "graphql_introspection": True,
         **overrides,
     }
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 @pytest.fixture(scope="session", params=["postgresql", "sqlite"])

@@ -51,8 +51,14 @@ async def create_task(
 ) -> TaskPublic:
     caller = owner if isinstance(owner, Principal) else principal(owner)
     data = TaskCreate.model_validate(
-        {"title": title, "description": description, "completed": completed, "priority": priority,
-         "tags": tags or [], "due_date": due_date}
+        {
+            "title": title,
+            "description": description,
+            "completed": completed,
+            "priority": priority,
+            "tags": tags or [],
+            "due_date": due_date,
+        }
     )
     created = await task_service.create_task(session, caller, data)
     return created.task

@@ -1,5 +1,6 @@
 """The task service on both databases: scoping, every operation, filters, search, sorts, pages."""
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -37,15 +38,14 @@ async def test_list_returns_only_the_callers_tasks(session: AsyncSession) -> Non
 @pytest.mark.parametrize("operation", ["get", "update", "complete", "delete"])
 async def test_other_users_task_is_not_found_and_unchanged(session: AsyncSession, operation: str) -> None:
     theirs = await create_task(session, BOB, title="theirs")
+    attempts: dict[str, Callable[[], Awaitable[object]]] = {
+        "get": lambda: task_service.get_task(session, ALICE, theirs.id),
+        "update": lambda: task_service.update_task(session, ALICE, theirs.id, {"title": "stolen"}),
+        "complete": lambda: task_service.set_task_completed(session, ALICE, theirs.id),
+        "delete": lambda: task_service.delete_task(session, ALICE, theirs.id),
+    }
     with pytest.raises(NotFound) as raised:
-        if operation == "get":
-            await task_service.get_task(session, ALICE, theirs.id)
-        elif operation == "update":
-            await task_service.update_task(session, ALICE, theirs.id, {"title": "stolen"})
-        elif operation == "complete":
-            await task_service.set_task_completed(session, ALICE, theirs.id)
-        else:
-            await task_service.delete_task(session, ALICE, theirs.id)
+        await attempts[operation]()
     with pytest.raises(NotFound) as missing:
         await task_service.get_task(session, ALICE, theirs.id + 10_000)
     assert str(raised.value) == str(missing.value)
