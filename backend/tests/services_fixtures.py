@@ -14,11 +14,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import httpx
+from fastapi import FastAPI
 
 SERVICE_USER = "postgres"
 START_TIMEOUT_SECONDS = 30.0
@@ -218,3 +219,14 @@ def _wait_until_serving(base_url: str, process: subprocess.Popen[bytes]) -> None
         except httpx.HTTPError:
             time.sleep(0.1)
     raise TimeoutError(f"uvicorn did not serve {base_url} within {START_TIMEOUT_SECONDS} s")
+
+
+@asynccontextmanager
+async def serving(
+    app: FastAPI, *, client_ip: str = "203.0.113.7", headers: Mapping[str, str] | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the app's lifespan (its own engine: real commits) and talk to it in-process."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=(client_ip, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", headers=headers) as client:
+            yield client
