@@ -10,6 +10,7 @@ import strawberry
 from cross_web import HTTPException as StrawberryHTTPException
 from fastapi import Response
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIWebSocketRoute
 from graphql import GraphQLError
 from strawberry.extensions import (
     DisableIntrospection,
@@ -120,12 +121,16 @@ class TodoGraphQLRouter(GraphQLRouter[Any, None]):
 
 
 def create_graphql_router(settings: Settings) -> GraphQLRouter[Any, None]:
-    return TodoGraphQLRouter(
+    router = TodoGraphQLRouter(
         build_schema(settings),
         context_getter=get_context,
         graphql_ide="graphiql" if settings.graphiql_enabled else None,
         tags=["graphql"],
     )
+    # No subscriptions: Strawberry's websocket endpoint would only be a door that neither
+    # authenticates nor rate-limits (its dependencies take an HTTP Request).
+    router.routes[:] = [route for route in router.routes if not isinstance(route, APIWebSocketRoute)]
+    return router
 
 
 schema = build_schema(get_settings())

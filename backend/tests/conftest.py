@@ -22,7 +22,7 @@ from backend.config import Settings
 from backend.db import create_engine, create_schema, get_session
 from backend.main import create_app
 from backend.tests.factories import TEST_SECRET
-from backend.tests.services_fixtures import pgbouncer
+from backend.tests.services_fixtures import FIGURES, pgbouncer
 
 ADMIN_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -53,6 +53,13 @@ async def drop_scratch_database(url: str) -> None:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if FIGURES:
+        terminalreporter.section("reliability figures")
+        for name, value in FIGURES.items():
+            terminalreporter.write_line(f"{name}: {value}")
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:

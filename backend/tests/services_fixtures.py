@@ -23,6 +23,11 @@ from fastapi import FastAPI
 
 SERVICE_USER = "postgres"
 START_TIMEOUT_SECONDS = 30.0
+FIGURES: dict[str, str] = {}  # measured by the reliability tests, printed after the run
+
+
+def record_figure(name: str, value: str) -> None:
+    FIGURES[name] = value
 
 
 def free_port() -> int:
@@ -221,12 +226,18 @@ def _wait_until_serving(base_url: str, process: subprocess.Popen[bytes]) -> None
     raise TimeoutError(f"uvicorn did not serve {base_url} within {START_TIMEOUT_SECONDS} s")
 
 
+def asgi_client(
+    app: FastAPI, *, client_ip: str = "203.0.113.7", headers: Mapping[str, str] | None = None
+) -> httpx.AsyncClient:
+    """An in-process client whose requests come from `client_ip`."""
+    transport = httpx.ASGITransport(app=app, client=(client_ip, 40000))
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver", headers=headers)
+
+
 @asynccontextmanager
 async def serving(
     app: FastAPI, *, client_ip: str = "203.0.113.7", headers: Mapping[str, str] | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
     """Run the app's lifespan (its own engine: real commits) and talk to it in-process."""
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, client=(client_ip, 40000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", headers=headers) as client:
-            yield client
+    async with app.router.lifespan_context(app), asgi_client(app, client_ip=client_ip, headers=headers) as client:
+        yield client
