@@ -22,7 +22,8 @@ from strawberry.extensions import (
     ValidationCache,
 )
 from strawberry.fastapi import GraphQLRouter
-from strawberry.types import ExecutionContext
+from strawberry.http import GraphQLHTTPResponse
+from strawberry.types import ExecutionContext, ExecutionResult
 
 from backend.config import Settings, get_settings
 from backend.errors import DomainError, as_domain_error, error_body
@@ -108,8 +109,23 @@ def build_schema(settings: Settings) -> strawberry.Schema:
     return QuietSchema(query=Query, mutation=Mutation, extensions=extensions, scalar_overrides={datetime: DateTime})
 
 
+def _request_level_error(result: ExecutionResult) -> DomainError | None:
+    for error in result.errors or ():
+        if isinstance(error.original_error, DomainError) and error.original_error.code in _REQUEST_LEVEL_CODES:
+            return error.original_error
+    return None
+
+
 class TodoGraphQLRouter(GraphQLRouter[Any, None]):
     """Strawberry's router, with its plain-text HTTP errors turned into the API's JSON errors."""
+
+    async def process_result(self, request: Any, result: ExecutionResult) -> GraphQLHTTPResponse:
+        """A failure of the whole request (401, 429, 503) also carries REST's `error` and `detail`."""
+        body = await super().process_result(request, result)
+        failure = _request_level_error(result)
+        if failure is None:
+            return body
+        return {"error": failure.code, "detail": failure.message, **body}  # type: ignore[typeddict-unknown-key]
 
     async def run(self, request: Any, context: Any = strawberry.UNSET, root_value: Any = strawberry.UNSET) -> Any:
         try:
