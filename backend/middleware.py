@@ -1,6 +1,7 @@
 """Pure ASGI middleware: body size limit and security headers (no BaseHTTPMiddleware overhead)."""
 
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.errors import DomainError, PayloadTooLarge, domain_error_response
@@ -16,7 +17,7 @@ class BodySizeLimitMiddleware:
     """Refuses bodies over the limit with 413 before anything parses them.
 
     A declared Content-Length over the limit is refused at once; a chunked body is counted as
-    it arrives and the handler's read fails with PayloadTooLarge, rendered as 413.
+    it arrives and the handler's read fails with a 413.
     """
 
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
@@ -46,7 +47,8 @@ class BodySizeLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise PayloadTooLarge(f"Request body over {limit} bytes")
+                    # An HTTPException: FastAPI turns any other error raised while reading a body into a 400.
+                    raise HTTPException(413, f"Request body over {limit} bytes")
             return message
 
         await self.app(scope, limited_receive, send)
