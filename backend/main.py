@@ -17,7 +17,7 @@ from backend.config import Settings, get_settings
 from backend.db import create_engine, create_schema, create_sessionmaker
 from backend.errors import register_error_handlers
 from backend.gql.schema import create_graphql_router
-from backend.middleware import BodySizeLimitMiddleware, SecurityHeadersMiddleware
+from backend.middleware import BodySizeLimitMiddleware, SecurityHeadersMiddleware, Utf8RequestTargetMiddleware
 from backend.rate_limit import build_rate_limit_check, create_limiter
 from backend.routes import api_router
 from backend.services import tasks as task_service
@@ -86,8 +86,9 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     app.include_router(api_router)
     app.include_router(create_graphql_router(settings), prefix="/graphql")
 
-    # Outermost last: proxy headers -> CORS -> security headers -> body limit -> routes.
+    # Outermost last: proxy headers -> CORS -> security headers -> UTF-8 target -> body limit -> routes.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(Utf8RequestTargetMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(
         CORSMiddleware,

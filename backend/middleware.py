@@ -1,4 +1,6 @@
-"""Pure ASGI middleware: body size limit and security headers (no BaseHTTPMiddleware overhead)."""
+"""Pure ASGI middleware: body size limit, UTF-8 request targets, security headers (no BaseHTTPMiddleware)."""
+
+from urllib.parse import unquote_to_bytes
 
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
@@ -52,6 +54,35 @@ class BodySizeLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class Utf8RequestTargetMiddleware:
+    """400 for a path or query string whose percent-decoded bytes are not UTF-8.
+
+    Starlette decodes them with replacement characters: `?search=%FF` would quietly search for
+    U+FFFD instead of telling the client that its request is malformed.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not _is_utf8_target(scope):
+            malformed = DomainError("The request path or query string is not valid UTF-8")
+            await domain_error_response(malformed)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _is_utf8_target(scope: Scope) -> bool:
+    raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+    query: bytes = scope.get("query_string", b"")
+    try:
+        unquote_to_bytes(raw_path).decode()
+        unquote_to_bytes(query.replace(b"+", b" ")).decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class SecurityHeadersMiddleware:
