@@ -194,12 +194,13 @@ def pgbouncer(server_host: str, server_port: int, **config: str) -> Iterator[int
 
 
 @contextmanager
-def uvicorn_server(env: Mapping[str, str], *, workers: int = 1) -> Iterator[str]:
+def uvicorn_server(env: Mapping[str, str], *, workers: int = 1, log: Path | None = None) -> Iterator[str]:
     """The app under uvicorn as it is deployed (its own process, --no-server-header); yields its base URL."""
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port", str(port)]
     command += ["--workers", str(workers), "--no-server-header", "--log-level", "warning"]
-    process = subprocess.Popen(command, env={**os.environ, **env})
+    output = log.open("wb") if log else None
+    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=output, stderr=output)
     base_url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_serving(base_url, process)
@@ -211,6 +212,8 @@ def uvicorn_server(env: Mapping[str, str], *, workers: int = 1) -> Iterator[str]
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        if output:
+            output.close()
 
 
 def _wait_until_serving(base_url: str, process: subprocess.Popen[bytes]) -> None:

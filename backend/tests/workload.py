@@ -1,5 +1,6 @@
 """One user's round trip over REST and GraphQL, checking every answer; shared by the load and PgBouncer tests."""
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,11 @@ class RoundTrip:
     headers: dict[str, str]
     kept: dict[int, bool] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
-    requests: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies)
 
 
 async def run_round_trip(client: httpx.AsyncClient, user_id: str, headers: dict[str, str]) -> RoundTrip:
@@ -54,8 +59,9 @@ class _Unexpected(Exception):
 
 
 async def _rest(trip: RoundTrip, client: httpx.AsyncClient, method: str, path: str, status: int, **kwargs: Any) -> Any:
-    trip.requests += 1
+    started = time.monotonic()
     response = await client.request(method, path, headers=trip.headers, **kwargs)
+    trip.latencies.append(time.monotonic() - started)
     if response.status_code != status:
         raise _Unexpected(f"{method} {path}: {response.status_code} {response.text[:300]}")
     if status == 204:
@@ -69,8 +75,9 @@ async def _rest(trip: RoundTrip, client: httpx.AsyncClient, method: str, path: s
 async def _graphql(
     trip: RoundTrip, client: httpx.AsyncClient, query: str, variables: dict[str, Any], field_name: str
 ) -> Any:
-    trip.requests += 1
+    started = time.monotonic()
     response = await client.post("/graphql", json={"query": query, "variables": variables}, headers=trip.headers)
+    trip.latencies.append(time.monotonic() - started)
     body = response.json()
     if response.status_code != 200 or body.get("errors"):
         raise _Unexpected(f"GraphQL {field_name}: {response.status_code} {response.text[:300]}")
