@@ -7,8 +7,8 @@ acknowledged must be in the database afterwards.
 
 import asyncio
 import resource
-import statistics
 import ssl
+import statistics
 import time
 from collections.abc import Iterator
 
