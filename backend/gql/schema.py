@@ -11,7 +11,7 @@ import strawberry
 from cross_web import HTTPException as StrawberryHTTPException
 from fastapi import Response
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIWebSocketRoute
+from fastapi.routing import APIRoute, APIWebSocketRoute
 from graphql import GraphQLError
 from strawberry.extensions import (
     DisableIntrospection,
@@ -27,7 +27,7 @@ from strawberry.http import GraphQLHTTPResponse
 from strawberry.types import ExecutionContext, ExecutionResult
 
 from backend.config import Settings, get_settings
-from backend.errors import DomainError, as_domain_error, error_body
+from backend.errors import ERROR_RESPONSES, DomainError, as_domain_error, error_body
 from backend.gql.context import get_context
 from backend.gql.resolvers import Mutation, Query
 from backend.gql.types import DateTime
@@ -177,10 +177,14 @@ def create_graphql_router(settings: Settings) -> GraphQLRouter[Any, None]:
         context_getter=get_context,
         graphql_ide="graphiql" if settings.graphiql_enabled else None,
         tags=["graphql"],
+        responses={status: ERROR_RESPONSES[status] for status in (400, 401, 413, 429, 503)},
     )
     # No subscriptions: Strawberry's websocket endpoint would only be a door that neither
     # authenticates nor rate-limits (its dependencies take an HTTP Request).
     router.routes[:] = [route for route in router.routes if not isinstance(route, APIWebSocketRoute)]
+    for route in router.routes:
+        if isinstance(route, APIRoute) and "GET" in (route.methods or ()):
+            route.responses[200]["content"] = {"text/html": {}}  # the GraphiQL page (queries: JSON)
     return router
 
 
