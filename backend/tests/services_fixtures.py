@@ -162,6 +162,8 @@ def redis_server() -> Iterator[RedisServer]:
 @contextmanager
 def pgbouncer(server_host: str, server_port: int, **config: str) -> Iterator[int]:
     """PgBouncer in transaction pool mode (Neon's "-pooler" endpoints behave so); yields its port."""
+    if shutil.which("pgbouncer") is None:
+        raise FileNotFoundError("pgbouncer is not installed: `apt-get install pgbouncer` (.ci/run does)")
     with service_directory("todo-pgbouncer-") as directory:
         port = free_port()
         settings = {
