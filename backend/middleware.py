@@ -79,7 +79,7 @@ def _is_utf8_target(scope: Scope) -> bool:
     query: bytes = scope.get("query_string", b"")
     try:
         unquote_to_bytes(raw_path).decode()
-        unquote_to_bytes(query.replace(b"+", b" ")).decode()
+        unquote_to_bytes(query).decode()
     except UnicodeDecodeError:
         return False
     return True
