@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 # Query parameters that libpq/Neon URLs carry and asyncpg does not take as-is.
 _SSL_PARAMS = ("sslmode", "ssl")
 _DROPPED_PARAMS = ("channel_binding", "pgbouncer", "connect_timeout")
+_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_SSL_ALIASES = {"true": "require", "1": "require", "false": "disable", "0": "disable"}
 _SCHEMA_LOCK_ID = 727_274_001  # pg_advisory_xact_lock key: one instance creates the schema at a time
 
 
@@ -37,8 +39,22 @@ def normalize_database_url(raw_url: str) -> URL:
         unknown = set(url.query) - {*_SSL_PARAMS, *_DROPPED_PARAMS, "application_name"}
         if unknown:
             raise ValueError(f"DATABASE_URL: unsupported query parameter(s) {sorted(unknown)}")
+        ssl_mode(raw_url)  # refuse a bad sslmode at start-up, not at the first connection
         url = url.difference_update_query([*_SSL_PARAMS, *_DROPPED_PARAMS, "application_name"])
     return url
+
+
+def ssl_mode(raw_url: str) -> str | None:
+    """libpq's sslmode (or Heroku-style ssl=true) as asyncpg's `ssl` argument; None when not given."""
+    query = make_url(raw_url).query
+    raw = query.get("sslmode") or query.get("ssl")
+    if not raw:
+        return None
+    value = (raw if isinstance(raw, str) else raw[-1]).lower()
+    value = _SSL_ALIASES.get(value, value)
+    if value not in _SSL_MODES:
+        raise ValueError(f"DATABASE_URL: unsupported sslmode {value!r} (use one of {', '.join(_SSL_MODES)})")
+    return value
 
 
 def is_pgbouncer(raw_url: str, settings: Settings) -> bool:
@@ -54,9 +70,9 @@ def _postgres_connect_args(settings: Settings) -> dict[str, Any]:
         "timeout": settings.db_connect_timeout,
         "command_timeout": settings.db_statement_timeout_ms / 1000 or None,
     }
-    sslmode = original.query.get("sslmode") or original.query.get("ssl")
+    sslmode = ssl_mode(settings.database_url)
     if sslmode:
-        args["ssl"] = sslmode if isinstance(sslmode, str) else sslmode[-1]
+        args["ssl"] = sslmode
     server_settings = {"application_name": str(original.query.get("application_name", "todo-api"))}
     if is_pgbouncer(settings.database_url, settings):
         # Transaction pooling hands each transaction to any server connection, so a named

@@ -225,7 +225,9 @@ class ValidationIssue(BaseModel):
 
 
 class ValidationErrorResponse(ErrorResponse):
-    errors: list[ValidationIssue] = Field(description="Each invalid field")
+    errors: list[ValidationIssue] | None = Field(
+        default=None, description="Each invalid field (absent when the input is refused as a whole)"
+    )
 
 
 def _documented(description: str, model: type[BaseModel] = ErrorResponse) -> dict[str, Any]:
@@ -233,6 +235,7 @@ def _documented(description: str, model: type[BaseModel] = ErrorResponse) -> dic
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _documented("Malformed request: a body that is not JSON, a path or query string that is not UTF-8"),
     401: _documented("Missing, malformed, expired or otherwise invalid bearer token"),
     403: _documented("The user id in the path is not yours"),
     404: _documented("No such task, or not yours"),

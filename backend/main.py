@@ -19,7 +19,7 @@ from backend.errors import register_error_handlers
 from backend.explorers import mount_explorers
 from backend.gql.schema import create_graphql_router
 from backend.metrics import create_metrics_router, instrument_pool
-from backend.middleware import BodySizeLimitMiddleware, SecurityHeadersMiddleware
+from backend.middleware import BodySizeLimitMiddleware, SecurityHeadersMiddleware, Utf8RequestTargetMiddleware
 from backend.observability import ObservabilityMiddleware, configure_logging
 from backend.rate_limit import build_rate_limit_check, create_limiter
 from backend.routes import api_router, health
@@ -104,8 +104,10 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
         app.include_router(create_metrics_router(settings))
     mount_explorers(app)
 
-    # Outermost last: observability -> proxy headers -> CORS -> security headers -> body limit -> routes.
+    # Outermost last: observability -> proxy headers -> CORS -> security headers -> UTF-8 target -> body limit
+    # -> routes.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(Utf8RequestTargetMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(
         CORSMiddleware,

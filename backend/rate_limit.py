@@ -1,8 +1,10 @@
 """One rate budget per caller for REST and GraphQL together (slowapi; Redis-backed when configured)."""
 
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import Request
 from limits import parse as parse_limit
@@ -12,6 +14,8 @@ from slowapi.errors import RateLimitExceeded
 from backend import metrics
 from backend.config import Settings
 from backend.errors import RateLimited
+
+logger = logging.getLogger(__name__)
 
 SHARED_SCOPE = "api"
 REDIS_TIMEOUT_SECONDS = 0.25  # slowapi calls Redis synchronously: keep a dead Redis from stalling the loop
@@ -28,12 +32,30 @@ def rate_limit_key(request: Request) -> str:
     return f"ip:{client.host if client else 'unknown'}"
 
 
+class ReportingLimiter(Limiter):
+    """slowapi's Limiter, telling our log when Redis is lost and back (slowapi's own logger is muted)."""
+
+    _reported_dead = False
+
+    def _check_request_limit(self, request: Request, endpoint_func: Any, in_middleware: bool = True) -> None:
+        try:
+            super()._check_request_limit(request, endpoint_func, in_middleware)
+        finally:
+            if self._storage_dead != self._reported_dead:
+                self._reported_dead = self._storage_dead
+                logger.warning(
+                    "rate limit storage unreachable: limiting per instance in memory until it is back"
+                    if self._storage_dead
+                    else "rate limit storage is back: one budget across instances again"
+                )
+
+
 def create_limiter(settings: Settings) -> Limiter:
     parse_limit(settings.rate_limit)  # fail at start-up on a malformed RATE_LIMIT
     storage_options: dict[str, float] = {}
     if settings.redis_url:
         storage_options = {"socket_timeout": REDIS_TIMEOUT_SECONDS, "socket_connect_timeout": REDIS_TIMEOUT_SECONDS}
-    return Limiter(
+    return ReportingLimiter(
         key_func=rate_limit_key,
         storage_uri=settings.redis_url or "memory://",
         storage_options=storage_options,  # type: ignore[arg-type]

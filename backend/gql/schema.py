@@ -2,7 +2,7 @@
 
 import functools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -10,7 +10,7 @@ import strawberry
 from cross_web import HTTPException as StrawberryHTTPException
 from fastapi import Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, APIWebSocketRoute
 from graphql import GraphQLError
 from strawberry.extensions import (
     DisableIntrospection,
@@ -22,11 +22,12 @@ from strawberry.extensions import (
     ValidationCache,
 )
 from strawberry.fastapi import GraphQLRouter
+from strawberry.http import GraphQLHTTPResponse
 from strawberry.types import ExecutionContext, ExecutionResult
 from strawberry.types.graphql import OperationType
 
 from backend.config import Settings, get_settings
-from backend.errors import DomainError, as_domain_error, error_body
+from backend.errors import ERROR_RESPONSES, DomainError, as_domain_error, error_body
 from backend.explorers import graphiql_page
 from backend.gql.context import get_context
 from backend.gql.resolvers import Mutation, Query
@@ -42,8 +43,9 @@ class TodoSchema(strawberry.Schema):
     """Applies the API's error policy to every result, whatever stage produced the errors.
 
     Domain errors keep their message and `extensions.code`; request errors (parse, validation,
-    variables: no path) are BAD_USER_INPUT; anything else is logged and masked as INTERNAL.
-    Missing auth, rate limits and an unreachable database also set the HTTP status and headers.
+    variables: no path) are BAD_USER_INPUT, with HTTP 400 when the operation never ran (as GraphQL
+    over HTTP has it for application/graphql-response+json); anything else is logged and masked as
+    INTERNAL. Missing auth, rate limits and an unreachable database also set the HTTP status and headers.
     """
 
     async def execute(
@@ -67,6 +69,8 @@ class TodoSchema(strawberry.Schema):
         )
         if result.errors:
             result.errors = [_apply_error_policy(error, context_value) for error in result.errors]
+            if _never_ran(result.data, result.errors):
+                _set_http_status(context_value, 400)
         return result
 
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
@@ -90,7 +94,7 @@ def _apply_error_policy(error: GraphQLError, context: Any) -> GraphQLError:
             extensions={"code": "INTERNAL"},
         )
     if domain_error.code in _REQUEST_LEVEL_CODES:
-        _set_http_status(context, domain_error)
+        _set_http_status(context, domain_error.status_code, domain_error.headers)
     if domain_error is original:
         return error
     return GraphQLError(
@@ -104,11 +108,27 @@ def _with_code(error: GraphQLError, code: str) -> GraphQLError:
     return error
 
 
-def _set_http_status(context: Any, domain_error: DomainError) -> None:
+def _set_http_status(context: Any, status_code: int, headers: dict[str, str] | None = None) -> None:
     response: Response | None = getattr(context, "response", None)
     if response is not None:
-        response.status_code = domain_error.status_code
-        response.headers.update(domain_error.headers)
+        response.status_code = status_code
+        response.headers.update(headers or {})
+
+
+def _never_ran(data: object, errors: Sequence[GraphQLError] | None) -> bool:
+    """Parse, validation or variable errors: no resolver ran, so no error has a path."""
+    return bool(errors) and data is None and all(error.path is None for error in errors or ())
+
+
+def _whole_request_failure(result: ExecutionResult) -> tuple[str, str] | None:
+    """(code, message) when the response is an HTTP error rather than a GraphQL result with field errors."""
+    errors = result.errors or []
+    for error in errors:
+        if isinstance(error.original_error, DomainError) and error.original_error.code in _REQUEST_LEVEL_CODES:
+            return error.original_error.code, error.original_error.message
+    if _never_ran(result.data, errors):
+        return "BAD_USER_INPUT", "; ".join(error.message for error in errors)
+    return None
 
 
 def build_schema(settings: Settings) -> strawberry.Schema:
@@ -131,6 +151,21 @@ class TodoGraphQLRouter(GraphQLRouter[Any, None]):
     async def render_graphql_ide(self, request: Request) -> HTMLResponse:
         return HTMLResponse(graphiql_page(request.scope.get("root_path", "")))
 
+    async def process_result(self, request: Any, result: ExecutionResult) -> GraphQLHTTPResponse:
+        """A failure of the whole request (400, 401, 429, 503) also carries REST's `error` and `detail`."""
+        body = await super().process_result(request, result)
+        failure = _whole_request_failure(result)
+        if failure is None:
+            return body
+        code, detail = failure
+        return {"error": code, "detail": detail, **body}  # type: ignore[typeddict-unknown-key]
+
+    def parse_json(self, data: str | bytes) -> Any:
+        try:
+            return super().parse_json(data)
+        except (UnicodeDecodeError, RecursionError) as exc:  # invalid UTF-8, absurd nesting: not a 500
+            raise StrawberryHTTPException(400, "Unable to parse request body as JSON") from exc
+
     async def run(self, request: Any, context: Any = strawberry.UNSET, root_value: Any = strawberry.UNSET) -> Any:
         try:
             return await super().run(request, context=context, root_value=root_value)
@@ -145,13 +180,21 @@ def _graphql_operation_id(route: APIRoute) -> str:
 
 
 def create_graphql_router(settings: Settings) -> GraphQLRouter[Any, None]:
-    return TodoGraphQLRouter(
+    router = TodoGraphQLRouter(
         build_schema(settings),
         context_getter=get_context,
         graphql_ide="graphiql" if settings.graphiql_enabled else None,
         tags=["graphql"],
         generate_unique_id_function=_graphql_operation_id,
+        responses={status: ERROR_RESPONSES[status] for status in (400, 401, 413, 429, 503)},
     )
+    # No subscriptions: Strawberry's websocket endpoint would only be a door that neither
+    # authenticates nor rate-limits (its dependencies take an HTTP Request).
+    router.routes[:] = [route for route in router.routes if not isinstance(route, APIWebSocketRoute)]
+    for route in router.routes:
+        if isinstance(route, APIRoute) and "GET" in (route.methods or ()):
+            route.responses[200]["content"] = {"text/html": {}}  # the GraphiQL page (queries: JSON)
+    return router
 
 
 schema = build_schema(get_settings())

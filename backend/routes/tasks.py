@@ -32,6 +32,9 @@ IdempotencyKey = Annotated[
 PRECONDITION_FAILED: dict[int | str, dict[str, Any]] = {
     412: {"model": ErrorResponse, "description": "If-Match does not match the task's ETag"}
 }
+IN_FLIGHT: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorResponse, "description": "A request with this Idempotency-Key is still in progress"}
+}
 
 
 def pagination_headers(page: TaskPage, url: URL) -> dict[str, str]:
@@ -70,7 +73,7 @@ async def list_tasks(
     return page.items
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, summary="Create a task")
+@router.post("", status_code=status.HTTP_201_CREATED, summary="Create a task", responses=IN_FLIGHT)
 async def create_task(
     request: Request,
     response: Response,

@@ -6,7 +6,7 @@ with savepoints, so the service layer's commits stay inside the test (SQLAlchemy
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from backend.config import Settings
 from backend.db import create_engine, create_schema, get_session
 from backend.main import create_app
 from backend.tests.factories import TEST_SECRET
+from backend.tests.services_fixtures import FIGURES, pgbouncer
 
 ADMIN_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -54,6 +55,13 @@ async def drop_scratch_database(url: str) -> None:
         await admin.close()
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if FIGURES:
+        terminalreporter.section("reliability figures")
+        for name, value in FIGURES.items():
+            terminalreporter.write_line(f"{name}: {value}")
+
+
 def make_settings(database_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "app_env": "test",
@@ -69,7 +77,21 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
     return Settings(_env_file=None, **values)
 
 
-@pytest.fixture(scope="session", params=["postgresql", "sqlite"])
+@pytest.fixture(scope="session")
+def suite_pgbouncer_port() -> Iterator[int]:
+    """One PgBouncer (transaction pooling, as Neon's "-pooler" endpoints) in front of the test server."""
+    admin = make_url(ADMIN_DATABASE_URL)
+    with pgbouncer(admin.host or "127.0.0.1", admin.port or 5432, default_pool_size="5") as port:
+        yield port
+
+
+def through_pgbouncer(url: str, port: int) -> str:
+    """The same database reached through PgBouncer; `pgbouncer=true` switches the app's PgBouncer mode on."""
+    routed = make_url(url).set(host="127.0.0.1", port=port).update_query_dict({"pgbouncer": "true"})
+    return routed.render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session", params=["postgresql", "sqlite", "pgbouncer"])
 async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     if request.param == "sqlite":
         path: Path = tmp_path_factory.mktemp("sqlite") / "todo.db"
@@ -77,7 +99,10 @@ async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.
         return
     url = await create_scratch_database()
     try:
-        yield url
+        if request.param == "pgbouncer":
+            yield through_pgbouncer(url, request.getfixturevalue("suite_pgbouncer_port"))
+        else:
+            yield url
     finally:
         await drop_scratch_database(url)
 

@@ -135,7 +135,6 @@ async def test_lists_are_scoped_filtered_and_paged(client: httpx.AsyncClient) ->
         ('createTask(input: {title: "' + "x" * 201 + '"}) { id }', "200"),
         ('createTask(input: {title: "ok", description: "' + "d" * 1001 + '"}) { id }', "1000"),
         ('createTask(input: {title: "ok", tags: [""]}) { id }', "tag"),
-        ('createTask(input: {title: "ok", dueDate: "soon"}) { id }', ""),
         ('createTask(input: {title: "ok", completed: null}) { id }', "completed"),
     ],
 )
@@ -145,6 +144,15 @@ async def test_invalid_input_is_bad_user_input(client: httpx.AsyncClient, mutati
     assert fragment in body["errors"][0]["message"]
     listed = await gql(client, "{ tasks { total } }")
     assert listed["data"]["tasks"]["total"] == 0
+
+
+async def test_bad_literal_is_a_request_error(client: httpx.AsyncClient) -> None:
+    body = await gql(
+        client, 'mutation { createTask(input: {title: "ok", dueDate: "soon"}) { id } }', expected_status=400
+    )
+    assert error_code(body) == "BAD_USER_INPUT"
+    assert body["detail"]
+    assert (await gql(client, "{ tasks { total } }"))["data"]["tasks"]["total"] == 0
 
 
 async def test_update_rejects_null_title_and_keeps_the_task(client: httpx.AsyncClient) -> None:
@@ -170,7 +178,7 @@ async def test_unknown_enum_and_wrong_types_are_bad_user_input(client: httpx.Asy
         ("{ nope }", None),
         ("{ tasks { total ", None),
     ]:
-        body = await gql(client, query, variables)
+        body = await gql(client, query, variables, expected_status=400)
         assert error_code(body) == "BAD_USER_INPUT", query
 
 
@@ -233,7 +241,7 @@ async def test_graphiql_page_loads_without_a_token(client: httpx.AsyncClient) ->
 
 @pytest.mark.parametrize("settings_overrides", [{"graphql_introspection": False}])
 async def test_introspection_can_be_disabled(client: httpx.AsyncClient) -> None:
-    body = await gql(client, "{ __schema { queryType { name } } }", headers={})
+    body = await gql(client, "{ __schema { queryType { name } } }", headers={}, expected_status=400)
     assert error_code(body) == "BAD_USER_INPUT"
     page = await client.get("/graphql", headers={"Accept": "text/html"})
     assert page.status_code == 404
@@ -241,20 +249,20 @@ async def test_introspection_can_be_disabled(client: httpx.AsyncClient) -> None:
 
 async def test_depth_limit(client: httpx.AsyncClient) -> None:
     deep = "{ me " + "{ tasks { items { owner " * 3 + "{ tasks { items { id } } }" + " } } }" * 3 + " }"
-    body = await gql(client, deep)
+    body = await gql(client, deep, expected_status=400)
     assert error_code(body) == "BAD_USER_INPUT"
     assert "depth" in body["errors"][0]["message"]
 
 
 async def test_alias_limit(client: httpx.AsyncClient) -> None:
     aliases = " ".join(f"a{i}: __typename" for i in range(31))
-    body = await gql(client, f"{{ {aliases} }}")
+    body = await gql(client, f"{{ {aliases} }}", expected_status=400)
     assert error_code(body) == "BAD_USER_INPUT"
 
 
 async def test_token_limit(client: httpx.AsyncClient) -> None:
     fields = " ".join("__typename" for _ in range(2100))
-    body = await gql(client, f"{{ {fields} }}")
+    body = await gql(client, f"{{ {fields} }}", expected_status=400)
     assert error_code(body) == "BAD_USER_INPUT"
 
 

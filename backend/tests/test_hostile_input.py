@@ -1,0 +1,237 @@
+"""Hostile input: a clear JSON 4xx every time, nothing stored, SQL metacharacters taken literally."""
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.models import tasks_table
+from backend.tests.factories import auth_headers
+
+JSON = {"Content-Type": "application/json"}
+HUGE = "9" * 40
+ALICE = auth_headers("alice")
+
+# name: (method, path, request keywords, expected status)
+REST_REJECTIONS: dict[str, tuple[str, str, dict[str, Any], int]] = {
+    "invalid UTF-8 in a body": ("POST", "/api/tasks", {"content": b'{"title": "\xff\xfe"}', "headers": JSON}, 400),
+    "invalid UTF-8 in a query": ("GET", "/api/tasks?search=%FF", {}, 400),
+    "overlong UTF-8 in a query": ("GET", "/api/tasks?tag=%C0%AF", {}, 400),
+    "encoded surrogate in a query": ("GET", "/api/tasks?q=%ED%A0%80", {}, 400),
+    "invalid UTF-8 in a path": ("GET", "/api/tasks/%FF", {}, 400),
+    "invalid UTF-8 as the path user": ("POST", "/api/%C3%28/tasks", {"json": {"title": "x"}}, 400),
+    "NUL in a title": ("POST", "/api/tasks", {"json": {"title": "a\x00b"}}, 422),
+    "NUL in a tag": ("POST", "/api/tasks", {"json": {"title": "ok", "tags": ["a\x00"]}}, 422),
+    "NUL in a search": ("GET", "/api/tasks?search=a%00b", {}, 422),
+    "NUL in a tag filter": ("GET", "/api/tasks?tag=%00", {}, 422),
+    "lone surrogate in a title": ("POST", "/api/tasks", {"content": b'{"title": "\\ud800"}', "headers": JSON}, 422),
+    "lone surrogate in a description": (
+        "POST",
+        "/api/tasks",
+        {"content": b'{"title": "ok", "description": "\\udfff"}', "headers": JSON},
+        422,
+    ),
+    "huge id in a path": ("GET", f"/api/tasks/{HUGE}", {}, 422),
+    "negative id in a path": ("DELETE", "/api/tasks/-1", {}, 422),
+    "huge page": ("GET", f"/api/tasks?page={HUGE}", {}, 422),
+    "huge limit": ("GET", f"/api/tasks?limit={HUGE}", {}, 422),
+    "float overflow as a page": ("GET", "/api/tasks?page=1e999", {}, 422),
+    "huge number as a title": (
+        "POST",
+        "/api/tasks",
+        {"content": b'{"title": ' + HUGE.encode() + b"}", "headers": JSON},
+        422,
+    ),
+    "huge number as completed": ("POST", "/api/tasks", {"json": {"title": "ok", "completed": 10**30}}, 422),
+    "deeply nested JSON": ("POST", "/api/tasks", {"content": b"[" * 20_000 + b"]" * 20_000, "headers": JSON}, 400),
+    "SQL in a task id": ("GET", "/api/tasks/1;DROP TABLE tasks", {}, 422),
+    "SQL in a sort": ("GET", "/api/tasks?sort=title;DROP TABLE tasks", {}, 422),
+    "SQL in an order": ("GET", "/api/tasks?order=desc,(SELECT 1)", {}, 422),
+    "SQL as the path user": ("POST", "/api/' OR '1'='1/tasks", {"json": {"title": "x"}}, 403),
+    "oversized token": (
+        "POST",
+        "/api/tasks",
+        {"json": {"title": "x"}, "headers": {"Authorization": "Bearer " + "a" * 10_000}},
+        401,
+    ),
+    "oversized Idempotency-Key": (
+        "POST",
+        "/api/tasks",
+        {"json": {"title": "x"}, "headers": {"Idempotency-Key": "k" * 256}},
+        422,
+    ),
+    "oversized If-Match": ("PUT", "/api/tasks/1", {"json": {"title": "x"}, "headers": {"If-Match": "x" * 2000}}, 422),
+    "non-numeric Content-Length": (
+        "POST",
+        "/api/tasks",
+        {"content": b'{"title": "x"}', "headers": {**JSON, "Content-Length": "12abc"}},
+        400,
+    ),
+}
+
+
+async def stored_tasks(session: AsyncSession) -> int:
+    return int(await session.scalar(select(func.count()).select_from(tasks_table)) or 0)
+
+
+def assert_clear_error(response: httpx.Response, status: int) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert isinstance(body["detail"], str)
+    assert body["detail"]
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.parametrize("case", REST_REJECTIONS)
+async def test_hostile_rest_input_is_a_clear_4xx_and_stores_nothing(
+    client: httpx.AsyncClient, session: AsyncSession, case: str
+) -> None:
+    method, path, keywords, status = REST_REJECTIONS[case]
+    keywords = dict(keywords)
+    headers = {**ALICE, **keywords.pop("headers", {})}
+    response = await client.request(method, path, headers=headers, **keywords)
+    assert_clear_error(response, status)
+    assert await stored_tasks(session) == 0
+
+
+SQL_TEXT = "Robert'); DROP TABLE tasks;-- \\ \" %_ ' OR 1=1 --"
+
+
+async def test_sql_metacharacters_are_stored_and_searched_literally(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    created = await client.post(
+        "/api/tasks", json={"title": SQL_TEXT, "description": SQL_TEXT, "tags": ["' OR 1=1 --"]}, headers=ALICE
+    )
+    assert created.status_code == 201, created.text
+    assert (created.json()["title"], created.json()["description"]) == (SQL_TEXT, SQL_TEXT)
+    await client.post("/api/tasks", json={"title": "plain"}, headers=ALICE)
+    await client.post("/api/tasks", json={"title": "bob's"}, headers=auth_headers("bob"))
+    for search in ["%", "_", "'", "\\", "' OR 1=1 --", "DROP TABLE"]:
+        found = await client.get("/api/tasks", params={"search": search}, headers=ALICE)
+        assert [task["title"] for task in found.json()] == [SQL_TEXT], search
+    for tag, expected in [("' OR 1=1 --", [SQL_TEXT]), ("' OR '1'='1", []), ("%", [])]:
+        found = await client.get("/api/tasks", params={"tag": tag}, headers=ALICE)
+        assert [task["title"] for task in found.json()] == expected, tag
+    assert await stored_tasks(session) == 3
+
+
+# --- GraphQL ------------------------------------------------------------------------------------
+
+CREATE = "mutation($title: String!) { createTask(input: {title: $title}) { id } }"
+GET_TASK = "query($id: Int!) { task(id: $id) { id } }"
+
+
+def nested(depth: int) -> str:
+    query = "id"
+    for _ in range(depth):
+        query = f"tasks {{ items {{ owner {{ {query} }} }} }}"
+    return f"{{ me {{ {query} }} }}"
+
+
+GRAPHQL_REJECTIONS: dict[str, dict[str, Any]] = {
+    "too deep": {"query": nested(4)},
+    "too many aliases": {"query": "{ " + " ".join(f"a{n}: me {{ id }}" for n in range(31)) + " }"},
+    "too many tokens": {"query": "{ me { " + "id " * 2100 + "} }"},
+    "syntax error": {"query": "{ me { id "},
+    "huge integer variable": {"query": GET_TASK, "variables": {"id": 2**40}},
+    "huge integer literal": {"query": "{ task(id: " + HUGE + ") { id } }"},
+    "huge integer in a mutation": {"query": "mutation { deleteTask(id: " + HUGE + ") }"},
+    "string where an integer goes": {"query": GET_TASK, "variables": {"id": "1; DROP TABLE tasks"}},
+    "unknown field": {"query": "{ me { password } }"},
+}
+
+
+@pytest.mark.parametrize("case", GRAPHQL_REJECTIONS)
+async def test_hostile_graphql_documents_are_400_and_store_nothing(
+    client: httpx.AsyncClient, session: AsyncSession, case: str
+) -> None:
+    response = await client.post("/graphql", json=GRAPHQL_REJECTIONS[case], headers=ALICE)
+    assert_clear_error(response, 400)
+    assert response.json()["data"] is None
+    assert {error["extensions"]["code"] for error in response.json()["errors"]} == {"BAD_USER_INPUT"}
+    assert await stored_tasks(session) == 0
+
+
+GRAPHQL_REQUEST_REJECTIONS: dict[str, dict[str, Any]] = {
+    "batching": {"json": [{"query": "{ me { id } }"}, {"query": "{ me { id } }"}]},
+    "invalid UTF-8": {"content": b'{"query": "{ me { id \xff } }"}', "headers": JSON},
+    "deeply nested variables": {
+        "content": b'{"query": "{ me { id } }", "variables": ' + b"[" * 20_000 + b"]" * 20_000 + b"}",
+        "headers": JSON,
+    },
+    "not JSON": {"content": b"mutation { deleteTask(id: 1) }", "headers": JSON},
+    "not a JSON content type": {"content": b'{"query": "{ me { id } }"}', "headers": {"Content-Type": "text/plain"}},
+}
+
+
+@pytest.mark.parametrize("case", GRAPHQL_REQUEST_REJECTIONS)
+async def test_malformed_graphql_requests_are_400(client: httpx.AsyncClient, case: str) -> None:
+    keywords = dict(GRAPHQL_REQUEST_REJECTIONS[case])
+    headers = {**ALICE, **keywords.pop("headers", {})}
+    response = await client.post("/graphql", headers=headers, **keywords)
+    assert_clear_error(response, 400)
+
+
+async def test_mutations_over_get_are_refused(client: httpx.AsyncClient, session: AsyncSession) -> None:
+    query = 'mutation { createTask(input: {title: "via GET"}) { id } }'
+    response = await client.get("/graphql", params={"query": query}, headers=ALICE)
+    assert_clear_error(response, 400)
+    assert await stored_tasks(session) == 0
+
+
+@pytest.mark.parametrize("title", ["a\x00b", "\ud800", " ", "x" * 201])
+async def test_hostile_strings_in_graphql_variables_are_bad_user_input(
+    client: httpx.AsyncClient, session: AsyncSession, title: str
+) -> None:
+    # Field errors follow GraphQL's convention (HTTP 200 with errors), with REST's validation rules.
+    body = json.dumps({"query": CREATE, "variables": {"title": title}}).encode()  # escapes lone surrogates
+    response = await client.post("/graphql", content=body, headers={**ALICE, **JSON})
+    assert response.status_code == 200, response.text
+    assert response.json()["data"] is None
+    assert response.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert await stored_tasks(session) == 0
+
+
+@pytest.mark.parametrize("settings_overrides", [{"graphql_introspection": False}])
+@pytest.mark.parametrize("query", ["{ __schema { types { name } } }", '{ __type(name: "Task") { name } }'])
+async def test_introspection_can_be_switched_off(client: httpx.AsyncClient, query: str) -> None:
+    for headers in (ALICE, {}):
+        response = await client.post("/graphql", json={"query": query}, headers=headers)
+        assert_clear_error(response, 400)
+        assert "introspection" in response.json()["detail"]
+    graphiql = await client.get("/graphql", headers={"Accept": "text/html"})
+    assert graphiql.status_code == 404
+    assert (await client.post("/graphql", json={"query": "{ me { id } }"}, headers=ALICE)).status_code == 200
+
+
+# --- Headers on every kind of response ----------------------------------------------------------
+
+RESPONSES: dict[str, tuple[str, str, dict[str, Any], int]] = {
+    "list": ("GET", "/api/tasks", {"headers": ALICE}, 200),
+    "create": ("POST", "/api/tasks", {"headers": ALICE, "json": {"title": "x"}}, 201),
+    "unauthenticated": ("GET", "/api/tasks", {}, 401),
+    "forbidden": ("GET", "/api/bob/tasks", {"headers": ALICE}, 403),
+    "no such task": ("GET", "/api/tasks/12345", {"headers": ALICE}, 404),
+    "no such route": ("GET", "/nowhere", {}, 404),
+    "wrong method": ("TRACE", "/api/tasks", {"headers": ALICE}, 405),
+    "too large": ("POST", "/api/tasks", {"headers": {**ALICE, **JSON}, "content": b"x" * 70_000}, 413),
+    "invalid": ("POST", "/api/tasks", {"headers": ALICE, "json": {"title": ""}}, 422),
+    "graphql": ("POST", "/graphql", {"headers": ALICE, "json": {"query": "{ me { id } }"}}, 200),
+    "docs": ("GET", "/docs", {}, 200),
+}
+
+
+@pytest.mark.parametrize("case", RESPONSES)
+async def test_security_headers_on_every_response(client: httpx.AsyncClient, case: str) -> None:
+    method, path, keywords, status = RESPONSES[case]
+    response = await client.request(method, path, **keywords)
+    assert response.status_code == status, response.text
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert "server" not in response.headers
