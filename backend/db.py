@@ -4,13 +4,14 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import Table, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import DisconnectionError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlmodel import SQLModel
 
@@ -118,20 +119,34 @@ def create_engine(settings: Settings) -> AsyncEngine:
     if url.drivername == "sqlite+aiosqlite":
         # One connection: SQLite has one writer at a time, and a deferred transaction that
         # later writes fails with "database is locked" instead of waiting.
-        engine = create_async_engine(
-            url, pool_size=1, max_overflow=0, pool_timeout=settings.db_pool_timeout, pool_pre_ping=True
-        )
+        engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=settings.db_pool_timeout)
         _register_sqlite_hooks(engine)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
         pool_recycle=settings.db_pool_recycle,
-        pool_pre_ping=True,
         connect_args=_postgres_connect_args(settings),
     )
+    _discard_dead_connections(engine)
+    return engine
+
+
+def _discard_dead_connections(engine: AsyncEngine) -> None:
+    """A cheap pre-ping: replace pooled connections the server closed while they sat idle.
+
+    A restarted server or a suspended Neon compute closes its sockets, and asyncpg notices
+    without a round trip. SQLAlchemy's pool_pre_ping would cost three round trips per checkout
+    (BEGIN, a ping, ROLLBACK); a connection that dies mid-statement is still answered with 503,
+    and SQLAlchemy then replaces every connection older than the failure.
+    """
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        if dbapi_connection.driver_connection.is_closed():
+            raise DisconnectionError("connection closed by the server while idle")
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -162,6 +177,24 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+_AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
+
+
+@asynccontextmanager
+async def read_only(session: AsyncSession) -> AsyncIterator[None]:
+    """Run a read-only service call without BEGIN/ROLLBACK round trips, then release the connection.
+
+    Inside a transaction that is already open (a write, a test's outer transaction) it simply joins it.
+    """
+    if session.in_transaction() or not isinstance(session.bind, AsyncEngine):
+        yield
+        return
+    await session.connection(execution_options=_AUTOCOMMIT)
+    try:
+        yield
+    finally:
+        await session.rollback()  # nothing to undo in autocommit: this only returns the connection
 
 
 def insert_ignoring_conflicts(session: AsyncSession, table: Table) -> postgresql.Insert | sqlite.Insert:

@@ -11,7 +11,7 @@ from sqlalchemy import ColumnElement, Row, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.auth import Principal
-from backend.db import insert_ignoring_conflicts
+from backend.db import insert_ignoring_conflicts, read_only
 from backend.errors import Conflict, Forbidden, InvalidInput, NotFound, PreconditionFailed
 from backend.models import (
     IdempotencyKey,
@@ -113,11 +113,12 @@ async def list_tasks(session: AsyncSession, principal: Principal, query: TaskLis
     statement = (
         select(*TASK_COLUMNS).where(*conditions).order_by(*_ordering(query)).limit(query.limit).offset(query.offset)
     )
-    rows = (await session.execute(statement)).all()
-    if 0 < len(rows) < query.limit or (not rows and query.page == 1):
-        total = query.offset + len(rows)  # a short page is the last one: no COUNT needed
-    else:
-        total = await session.scalar(select(func.count()).select_from(t).where(*conditions)) or 0
+    async with read_only(session):
+        rows = (await session.execute(statement)).all()
+        if 0 < len(rows) < query.limit or (not rows and query.page == 1):
+            total = query.offset + len(rows)  # a short page is the last one: no COUNT needed
+        else:
+            total = await session.scalar(select(func.count()).select_from(t).where(*conditions)) or 0
     return TaskPage(items=_to_tasks(rows), total=total, page=query.page, limit=query.limit)
 
 
@@ -129,7 +130,8 @@ async def list_user_tasks(session: AsyncSession, principal: Principal, user_id: 
 
 
 async def get_task(session: AsyncSession, principal: Principal, task_id: int) -> TaskPublic:
-    row = (await session.execute(_select_owned(principal, task_id))).one_or_none()
+    async with read_only(session):
+        row = (await session.execute(_select_owned(principal, task_id))).one_or_none()
     if row is None:
         raise NotFound()
     return _to_tasks([row])[0]

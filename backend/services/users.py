@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.auth import Principal
-from backend.db import insert_ignoring_conflicts
+from backend.db import insert_ignoring_conflicts, read_only
 from backend.errors import Forbidden
 from backend.models import User, UserPublic, utcnow
 
@@ -64,9 +64,14 @@ async def load_users(session: AsyncSession, principal: Principal, user_ids: Sequ
     visible = {user_id for user_id in user_ids if user_id == principal.user_id}
     found: dict[str, UserPublic] = {}
     if visible:
-        rows = await session.execute(
-            select(users_table.c.id, users_table.c.email, users_table.c.name).where(users_table.c.id.in_(visible))
-        )
+        async with read_only(session):
+            rows = (
+                await session.execute(
+                    select(users_table.c.id, users_table.c.email, users_table.c.name).where(
+                        users_table.c.id.in_(visible)
+                    )
+                )
+            ).all()
         for row in rows:
             email = None if row.email == placeholder_email(row.id) else row.email
             found[row.id] = UserPublic(id=row.id, email=email or principal.email, name=row.name)

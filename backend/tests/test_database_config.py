@@ -93,7 +93,7 @@ def test_pool_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch
     assert (pool.size(), pool._max_overflow) == (7, 3)  # type: ignore[attr-defined]
     # Neon suspends an idle compute after 300 s; a pooled connection must not outlive that.
     assert 0 < pool._recycle < 300
-    assert pool._pre_ping
+    # Dead pooled connections are replaced at checkout: test_database_restarted_while_idle.
 
 
 async def test_libpq_style_parameters_connect_for_real() -> None:
