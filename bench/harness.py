@@ -287,17 +287,22 @@ def running(server: Server, token: str) -> Iterator[Server]:
         server.stop()
 
 
-async def _backend_pids(dsn: str) -> list[int]:
+async def _backends(dsn: str) -> tuple[list[int], int]:
     connection = await asyncpg.connect(dsn)
     try:
         rows = await connection.fetch(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
+        sessions = await connection.fetchval("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
     finally:
         await connection.close()
-    return [int(row["pid"]) for row in rows]
+    return [int(row["pid"]) for row in rows], int(sessions or 0)
 
 
-def postgres_backends(env: BenchEnv) -> list[int]:
-    """The server processes behind the app's pool connections (CPU spent in PostgreSQL)."""
-    return asyncio.run(_backend_pids(env.dsn))
+def postgres_backends(env: BenchEnv) -> tuple[list[int], int]:
+    """The server processes behind the pool's connections, and how many sessions the database has had.
+
+    Sessions that start during a case mean the pool opened connections under load (and closed
+    others): each costs a connect, authentication and asyncpg's setup.
+    """
+    return asyncio.run(_backends(env.dsn))

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from bench import proc
-from bench.ceiling import LIST_SQL
+from bench.ceiling import COLUMNS, LIST_SQL
 from bench.harness import LIST_PATH, BenchEnv, Server, http_call, postgres_backends
 from bench.wrk import Request, run_wrk
 
@@ -37,7 +37,7 @@ def measure_case(
             threads=settings.threads,
         )
     workers = server.worker_pids()
-    backends = postgres_backends(env)
+    backends, sessions_before = postgres_backends(env)
     load_before = proc.load_average()
     worker_cpu = sum(proc.cpu_seconds(pid) for pid in workers)
     postgres_cpu = sum(proc.cpu_seconds(pid) for pid in backends)
@@ -56,8 +56,11 @@ def measure_case(
     wall = time.monotonic() - started
     machine_after = proc.machine_cpu()
     worker_cpu = sum(proc.cpu_seconds(pid) for pid in workers) - worker_cpu
-    # Backends the pool opened during the run are missed; the warm-up has opened the pool.
-    postgres_cpu = sum(proc.cpu_seconds(pid) for pid in backends) - postgres_cpu
+    backends_after, sessions_after = postgres_backends(env)
+    # Backends that ended during the run take their CPU time with them: with sessions opened,
+    # the PostgreSQL figure is a lower bound.
+    new_backends = set(backends_after) - set(backends)
+    postgres_cpu = sum(proc.cpu_seconds(pid) for pid in [*backends, *new_backends]) - postgres_cpu
     wrk_cpu = _children_cpu() - wrk_cpu
     machine_busy = machine_after.busy - machine.busy
     memory = [proc.memory_mb(pid) for pid in workers]
@@ -86,7 +89,8 @@ def measure_case(
         "failures": result.failures,
         "worker_cpu_ms_per_req": round(worker_cpu * 1000 / requests, 3),
         "worker_cpu_cores": round(worker_cpu / wall, 2),
-        "postgres_cpu_ms_per_req": round(postgres_cpu * 1000 / requests, 3),
+        "postgres_cpu_ms_per_req": round(max(0.0, postgres_cpu) * 1000 / requests, 3),
+        "postgres_sessions_opened": sessions_after - sessions_before - 1,  # minus our own look-up
         "wrk_cpu_cores": round(wrk_cpu / wall, 2),
         # CPU that neither the app, its database backends nor wrk used: other work on the machine.
         "other_cpu_cores": round(max(0.0, machine_busy - worker_cpu - postgres_cpu - wrk_cpu) / wall, 2),
@@ -99,7 +103,8 @@ def measure_case(
     print(
         f"  {name:<22} {server.name:<10} c={connections:<5} {row['rps']:>8.1f} req/s  p50 {row['p50_ms']:.1f} ms"
         f"  p99 {row['p99_ms']:.1f} ms  failures {row['failures']}  cpu {row['worker_cpu_ms_per_req']:.2f} ms/req"
-        f"  other load {row['other_cpu_cores']:.2f} cores  load {load_before[0]:.2f}"
+        f"  pg sessions +{row['postgres_sessions_opened']}  other load {row['other_cpu_cores']:.2f} cores"
+        f"  load {load_before[0]:.2f}"
     )
     return row
 
@@ -184,11 +189,17 @@ async def _sql_probes(env: BenchEnv) -> dict[str, Any]:
     """The list's statements alone in PostgreSQL: page, deep page and count, with their plans."""
     deep_offset = (max(1, env.data.big_user_tasks // 20 * 4 // 5) - 1) * 20
     count_sql = "SELECT count(*) FROM tasks WHERE user_id = $1"
+    # A candidate for deep pages: find the page's ids in the index alone, then read 20 rows.
+    deferred_join_sql = (
+        f"SELECT {COLUMNS} FROM tasks JOIN (SELECT id FROM tasks WHERE user_id = $1 "
+        "ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3) AS page USING (id) ORDER BY created_at DESC, id DESC"
+    )
     statements = {
         "small_page": (LIST_SQL, (env.data.small_user_ids[0], 20, 0)),
         "small_count": (count_sql, (env.data.small_user_ids[0],)),
         "big_page": (LIST_SQL, (env.data.big_user_id, 20, 0)),
         "big_deep_page": (LIST_SQL, (env.data.big_user_id, 20, deep_offset)),
+        "big_deep_page_deferred_join": (deferred_join_sql, (env.data.big_user_id, 20, deep_offset)),
         "big_count": (count_sql, (env.data.big_user_id,)),
     }
     connection = await asyncpg.connect(env.dsn)
