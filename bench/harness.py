@@ -72,6 +72,10 @@ class BenchSettings:
         default_factory=lambda: os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     )
     ceiling: bool = field(default_factory=lambda: os.environ.get("BENCH_CEILING", "1") != "0")
+    repeat: int = field(default_factory=lambda: _env_int("BENCH_REPEAT", 1))  # best of N runs per case
+    # Before each case, wait (up to quiet_wait s) until other work uses at most quiet_cores CPUs.
+    quiet_cores: float = field(default_factory=lambda: _env_float("BENCH_QUIET_CORES", 0.5))
+    quiet_wait: float = field(default_factory=lambda: _env_float("BENCH_QUIET_WAIT", 60))
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "admin_url"}
@@ -182,6 +186,24 @@ def bench_environment(settings: BenchSettings, results_dir: Path) -> Iterator[Be
     finally:
         asyncio.run(_admin(settings.admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         print(f"dropped {name}")
+
+
+def busy_cores(seconds: float = 2.0) -> float:
+    """CPUs in use on the whole machine over a short window (our servers idle: other work)."""
+    before = proc.machine_cpu()
+    time.sleep(seconds)
+    after = proc.machine_cpu()
+    return (after.busy - before.busy) / seconds
+
+
+def wait_for_quiet(settings: BenchSettings) -> float:
+    """Wait until other work leaves the CPUs alone (or give up); returns the load seen last."""
+    deadline = time.monotonic() + settings.quiet_wait
+    cores = busy_cores()
+    while cores > settings.quiet_cores and time.monotonic() < deadline:
+        print(f"  waiting for a quieter machine: other work uses {cores:.2f} cores")
+        cores = busy_cores(5.0)
+    return round(cores, 2)
 
 
 def reset_data(env: BenchEnv) -> None:

@@ -12,13 +12,17 @@ def load_average() -> tuple[float, float, float]:
     return float(one), float(five), float(fifteen)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process; 0 once it is gone."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system (kernel) CPU time of one process; zeros once it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+        return 0.0, 0.0
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS  # utime, stime
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_times(pid))
 
 
 def memory_mb(pid: int) -> dict[str, float]:

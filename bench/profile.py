@@ -197,7 +197,9 @@ def _table(profiles: dict[str, dict[str, Any]], view: str, key: str, title: str)
 
 
 def render(profiles: dict[str, dict[str, Any]]) -> str:
-    lines = ["What the worker's CPU is spent for (first matching operation in the stack):", ""]
+    kernel = ", ".join(f"{name} {profile['kernel_share']:.0%}" for name, profile in profiles.items())
+    lines = [f"Worker CPU in the kernel (system calls, mostly socket I/O): {kernel}.", ""]
+    lines += ["What the worker's CPU is spent for (first matching operation in the stack):", ""]
     lines += _table(profiles, "operations", "operation", "Operation")
     lines += ["", "Which layer's own code runs (innermost library frame of each sample):", ""]
     lines += _table(profiles, "layers", "layer", "Layer")
@@ -226,6 +228,7 @@ def profile(settings: BenchSettings, results_dir: Path) -> None:
                 summary["cpu_ms_per_req"] = measured["worker_cpu_ms_per_req"]
                 summary["rps"] = measured["rps"]
                 summary["other_cpu_cores"] = measured["other_cpu_cores"]
+                summary["kernel_share"] = measured["worker_kernel_share"]
                 profiles[name] = summary
                 reset_data(env)
     (results_dir / "profile.json").write_text(json.dumps(profiles, indent=2) + "\n")

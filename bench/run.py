@@ -33,7 +33,7 @@ from bench.harness import (
     reset_data,
     running,
 )
-from bench.measure import check_responses, large_user_probes, measure_case, sql_probes
+from bench.measure import best_of, check_responses, large_user_probes, sql_probes
 from bench.wrk import Request, ensure_wrk
 
 PACKAGES: tuple[str, ...] = ("fastapi", "starlette", "strawberry-graphql", "graphql-core", "sqlalchemy", "sqlmodel")
@@ -83,12 +83,13 @@ def bench_app(env: BenchEnv, workers: int, results: dict[str, Any]) -> None:
         results["problems"] += check_responses(env, server, APP_CASES)
         reset_data(env)
         for name, request in APP_CASES[:2]:
-            results["cases"].append(measure_case(env, server, name, request, connections=settings.connections))
+            results["cases"].append(best_of(env, server, name, request, connections=settings.connections))
         results["cases"].append(
-            measure_case(env, server, "REST list @1000", REST_LIST, connections=settings.stress_connections)
+            best_of(env, server, "REST list @1000", REST_LIST, connections=settings.stress_connections)
         )
-        results["cases"].append(measure_case(env, server, "REST create", REST_CREATE, connections=settings.connections))
-        reset_data(env)
+        results["cases"].append(
+            best_of(env, server, "REST create", REST_CREATE, connections=settings.connections, reset=True)
+        )
         if workers == 1:
             results["probes"] = large_user_probes(env, server)
 
@@ -106,8 +107,8 @@ def bench_ceiling(env: BenchEnv, results: dict[str, Any]) -> None:
         results["problems"] += check_responses(env, server, CEILING_CASES)
         reset_data(env)
         for name, request in CEILING_CASES:
-            results["cases"].append(measure_case(env, server, name, request, connections=settings.connections))
-        reset_data(env)
+            reset = request.method == "POST"
+            results["cases"].append(best_of(env, server, name, request, connections=settings.connections, reset=reset))
 
 
 def measure(settings: BenchSettings, results_dir: Path) -> dict[str, Any]:
