@@ -22,6 +22,10 @@ def _find(results: dict[str, Any], case: str, server: str) -> dict[str, Any] | N
     return None
 
 
+def _triple(load: list[float]) -> str:
+    return " / ".join(f"{value:.2f}" for value in load)
+
+
 def _load(row: dict[str, Any]) -> str:
     return f"{row['load_before'][0]:.2f} → {row['load_after'][0]:.2f}"
 
@@ -146,7 +150,8 @@ def render(results: dict[str, Any]) -> str:
     header = (
         f"Run {meta['started_at']} on {meta['machine']['cpu']} ({meta['machine']['cores']} cores, "
         f"{meta['machine']['memory_gib']:.0f} GiB), {meta['settings']['duration']:.0f} s per case, "
-        f"wrk {meta['settings']['threads']} thread, load before {meta['load_before']}, after {meta['load_after']}; "
+        f"wrk {meta['settings']['threads']} thread, load average before {_triple(meta['load_before'])}, "
+        f"after {_triple(meta['load_after'])}; "
         f"{meta['elapsed_s']:.0f} s in all."
     )
     parts = [header, "", cases_table(results), "", targets_table(results)]
