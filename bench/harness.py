@@ -71,6 +71,8 @@ class BenchSettings:
     admin_url: str = field(
         default_factory=lambda: os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     )
+    # The ASGI app under test; another import string (PYTHONPATH is passed on) compares a variant.
+    app: str = field(default_factory=lambda: os.environ.get("BENCH_APP", "backend.main:app"))
     ceiling: bool = field(default_factory=lambda: os.environ.get("BENCH_CEILING", "1") != "0")
     repeat: int = field(default_factory=lambda: _env_int("BENCH_REPEAT", 1))  # best of N runs per case
     # Before each case, wait (up to quiet_wait s) until other work uses at most quiet_cores CPUs.

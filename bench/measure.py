@@ -145,7 +145,7 @@ def check_responses(env: BenchEnv, server: Server, cases: list[tuple[str, Reques
         elif request.method == "GET":
             if len(json.loads(body)) != 20:
                 problem = "a list page without 20 items"
-            elif server.app.startswith("backend") and headers.get("x-total-count") != str(env.data.tasks_per_user):
+            elif server.name.startswith("app") and headers.get("x-total-count") != str(env.data.tasks_per_user):
                 problem = f"X-Total-Count {headers.get('x-total-count')} (expected {env.data.tasks_per_user})"
         if problem:
             problems.append(f"{server.name} {name}: {problem}")

@@ -216,7 +216,7 @@ def profile(settings: BenchSettings, results_dir: Path) -> None:
     seconds = float(os.environ.get("BENCH_PROFILE_SECONDS", "10"))
     profiles: dict[str, dict[str, Any]] = {}
     with bench_environment(settings, results_dir) as env:
-        server = Server("app-w1", "backend.main:app", 1, env, {})
+        server = Server("app-w1", settings.app, 1, env, {})
         with running(server, env.small_token):
             check_responses(env, server, APP_CASES)
             reset_data(env)

@@ -77,9 +77,9 @@ CEILING_CASES: list[tuple[str, Request]] = [("REST list", REST_LIST), ("REST cre
 
 def bench_app(env: BenchEnv, workers: int, results: dict[str, Any]) -> None:
     settings = env.settings
-    server = Server(f"app-w{workers}", "backend.main:app", workers, env, {})
+    server = Server(f"app-w{workers}", settings.app, workers, env, {})
     with running(server, env.small_token):
-        print(f"{server.name}: uvicorn backend.main:app --workers {workers} on {server.base_url}")
+        print(f"{server.name}: uvicorn {settings.app} --workers {workers} on {server.base_url}")
         results["problems"] += check_responses(env, server, APP_CASES)
         reset_data(env)
         for name, request in APP_CASES[:2]:
