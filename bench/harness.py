@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from sqlalchemy.engine import make_url
 
 from bench import proc
 from bench.seed import DataSet, reset, seed
@@ -108,8 +109,7 @@ def raise_open_file_limit() -> int:
 
 
 def _with_database(url: str, database: str) -> str:
-    base, _, _ = url.rpartition("/")
-    return f"{base}/{database}"
+    return make_url(url).set(database=database).render_as_string(hide_password=False)
 
 
 async def _admin(admin_url: str, statement: str) -> None:

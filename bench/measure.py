@@ -26,6 +26,7 @@ def measure_case(
 ) -> dict[str, Any]:
     """Warm up, then one wrk run; CPU per request of the workers, PostgreSQL and wrk, and load."""
     settings = env.settings
+    quiet_before = wait_for_quiet(settings)  # before the warm-up, so that no idle pause follows it
     if warmup and settings.warmup > 0:
         run_wrk(
             server.base_url,
@@ -36,7 +37,6 @@ def measure_case(
             timeout_seconds=settings.timeout,
             threads=settings.threads,
         )
-    quiet_before = wait_for_quiet(settings)
     workers = server.worker_pids()
     backends, sessions_before = postgres_backends(env)
     load_before = proc.load_average()

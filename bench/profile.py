@@ -159,7 +159,9 @@ def _py_spy() -> str:
 
 def _record(pid: int, seconds: float, rate: int, output: Path, fmt: str) -> None:
     command = [_py_spy(), "record", f"--pid={pid}", f"--rate={rate}", f"--duration={round(seconds)}", "--native"]
-    subprocess.run([*command, f"--format={fmt}", f"--output={output}"], check=True, capture_output=True)
+    done = subprocess.run([*command, f"--format={fmt}", f"--output={output}"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"py-spy failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
 
 
 def _profile_under_load(env: BenchEnv, server: Server, request: Request, stem: Path, seconds: float) -> None:
@@ -167,7 +169,11 @@ def _profile_under_load(env: BenchEnv, server: Server, request: Request, stem: P
     load = threading.Thread(
         target=run_wrk,
         args=(server.base_url, request, env.tokens_file),
-        kwargs={"connections": env.settings.connections, "seconds": 2 * seconds + 3, "timeout_seconds": 10},
+        kwargs={
+            "connections": env.settings.connections,
+            "seconds": 2 * seconds + 3,
+            "timeout_seconds": env.settings.timeout,
+        },
     )
     load.start()
     try:

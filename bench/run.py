@@ -85,7 +85,13 @@ def bench_app(env: BenchEnv, workers: int, results: dict[str, Any]) -> None:
         for name, request in APP_CASES[:2]:
             results["cases"].append(best_of(env, server, name, request, connections=settings.connections))
         results["cases"].append(
-            best_of(env, server, "REST list @1000", REST_LIST, connections=settings.stress_connections)
+            best_of(
+                env,
+                server,
+                f"REST list @{settings.stress_connections}",
+                REST_LIST,
+                connections=settings.stress_connections,
+            )
         )
         results["cases"].append(
             best_of(env, server, "REST create", REST_CREATE, connections=settings.connections, reset=True)
