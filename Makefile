@@ -8,7 +8,7 @@ ASSET_STAMP := .assets/.installed-stamp
 PORT ?= 8000
 TOKEN_USER := $(or $(USER_ID),$(USER),alice)
 
-.PHONY: install run test lint typecheck pytest token schema bench clean
+.PHONY: install run test lint typecheck pytest token schema bench bench-profile clean
 
 install: $(STAMP) $(ASSET_STAMP)
 
@@ -45,6 +45,15 @@ pytest: install
 	$(VENV)/bin/pytest
 
 test: lint typecheck pytest
+
+# On demand, never part of `make test`: needs PostgreSQL on 127.0.0.1:5432 and wrk (installed if missing).
+# Seeds a scratch database, loads the app and bench/ceiling.py; raw results in bench/results/.
+bench: install
+	$(PY) -m bench.run
+
+# py-spy profiles of the REST list, GraphQL list and create under load (flamegraphs in bench/results/).
+bench-profile: install
+	$(PY) -m bench.run --profile
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache todo.db todo.db-* node_modules .assets

@@ -1,0 +1,1 @@
+"""Benchmark harness for issue 5: `make bench` (see bench/run.py)."""

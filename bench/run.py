@@ -1,0 +1,181 @@
+"""`make bench`: seed a scratch database, load the app (1 and 2 workers) and the ceiling app with wrk.
+
+    python -m bench.run                     # measure; prints the tables, writes bench/results/<run>/
+    python -m bench.run --profile           # py-spy profiles of the hot paths under load (make bench-profile)
+    python -m bench.run --render FILE.json  # the markdown tables of an earlier run, for docs/benchmarks.md
+
+Settings come from BENCH_* environment variables (see bench/harness.py: BenchSettings).
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench import proc, report
+from bench.harness import (
+    GRAPHQL_LIST,
+    REST_CREATE,
+    REST_LIST,
+    RESULTS,
+    BenchEnv,
+    BenchSettings,
+    Server,
+    bench_environment,
+    raise_open_file_limit,
+    reset_data,
+    running,
+)
+from bench.measure import best_of, check_responses, large_user_probes, sql_probes
+from bench.wrk import Request, ensure_wrk
+
+PACKAGES: tuple[str, ...] = ("fastapi", "starlette", "strawberry-graphql", "graphql-core", "sqlalchemy", "sqlmodel")
+PACKAGES += ("asyncpg", "pydantic", "uvicorn", "uvloop", "httptools", "pyjwt", "orjson", "slowapi", "limits")
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = "unknown"
+    for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
+        if line.startswith("Model name:"):
+            cpu = line.split(":", 1)[1].strip()
+    memory_kib = next(
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+    )
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": memory_kib / 1024 / 1024, "kernel": platform.release()}
+
+
+def versions(env: BenchEnv) -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "-"
+    server = subprocess.run(
+        ["psql", env.dsn, "-Atc", "SHOW server_version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    found["postgresql"] = server.split()[0] if server else "?"
+    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
+    found["wrk"] = (wrk.stdout + wrk.stderr).split()[1] if (wrk.stdout + wrk.stderr).split() else "?"
+    return found
+
+
+APP_CASES: list[tuple[str, Request]] = [
+    ("REST list", REST_LIST),
+    ("GraphQL list", GRAPHQL_LIST),
+    ("REST create", REST_CREATE),
+]
+CEILING_CASES: list[tuple[str, Request]] = [("REST list", REST_LIST), ("REST create", REST_CREATE)]
+
+
+def bench_app(env: BenchEnv, workers: int, results: dict[str, Any]) -> None:
+    settings = env.settings
+    server = Server(f"app-w{workers}", settings.app, workers, env, {})
+    with running(server, env.small_token):
+        print(f"{server.name}: uvicorn {settings.app} --workers {workers} on {server.base_url}")
+        results["problems"] += check_responses(env, server, APP_CASES)
+        reset_data(env)
+        for name, request in APP_CASES[:2]:
+            results["cases"].append(best_of(env, server, name, request, connections=settings.connections))
+        results["cases"].append(
+            best_of(
+                env,
+                server,
+                f"REST list @{settings.stress_connections}",
+                REST_LIST,
+                connections=settings.stress_connections,
+            )
+        )
+        results["cases"].append(
+            best_of(env, server, "REST create", REST_CREATE, connections=settings.connections, reset=True)
+        )
+        if workers == 1:
+            results["probes"] = large_user_probes(env, server)
+
+
+def bench_ceiling(env: BenchEnv, results: dict[str, Any]) -> None:
+    settings = env.settings
+    from backend.config import get_settings
+
+    app_settings = get_settings()
+    pool_size = app_settings.db_pool_size + app_settings.db_max_overflow  # as many connections as the app may open
+    extra = {"CEILING_DSN": env.dsn, "CEILING_POOL_SIZE": str(pool_size)}
+    server = Server("ceiling", "bench.ceiling:app", 1, env, extra)
+    with running(server, env.small_token):
+        print(f"ceiling: uvicorn bench.ceiling:app --workers 1 on {server.base_url} (asyncpg pool of {pool_size})")
+        results["problems"] += check_responses(env, server, CEILING_CASES)
+        reset_data(env)
+        for name, request in CEILING_CASES:
+            reset = request.method == "POST"
+            results["cases"].append(best_of(env, server, name, request, connections=settings.connections, reset=reset))
+
+
+def measure(settings: BenchSettings, results_dir: Path) -> dict[str, Any]:
+    started = time.monotonic()
+    results: dict[str, Any] = {"cases": [], "problems": []}
+    meta: dict[str, Any] = {
+        "started_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine_info(),
+        "settings": settings.as_dict(),
+        "load_before": proc.load_average(),
+    }
+    with bench_environment(settings, results_dir) as env:
+        meta["versions"] = versions(env)
+        meta["seed_seconds"] = round(env.data.seconds, 1)
+        for workers in settings.workers:
+            bench_app(env, workers, results)
+        if settings.ceiling:
+            bench_ceiling(env, results)
+        results["sql"] = sql_probes(env)
+    meta["load_after"] = proc.load_average()
+    meta["elapsed_s"] = round(time.monotonic() - started, 1)
+    return {"meta": meta, **results}
+
+
+def _new_results_dir() -> Path:
+    results_dir = RESULTS / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    results_dir.mkdir(parents=True, exist_ok=True)
+    return results_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", action="store_true", help="record py-spy profiles instead of measuring")
+    parser.add_argument("--render", type=Path, help="print the markdown of an earlier results.json")
+    args = parser.parse_args(argv)
+    if args.render:
+        print(report.render(json.loads(args.render.read_text())), end="")
+        return 0
+    ensure_wrk()
+    open_files = raise_open_file_limit()
+    settings = BenchSettings()
+    if open_files < settings.stress_connections + 100:
+        print(f"warning: only {open_files} open files allowed; the 1000-connection case may fail", file=sys.stderr)
+    results_dir = _new_results_dir()
+    if args.profile:
+        from bench.profile import profile
+
+        profile(settings, results_dir)
+        return 0
+    results = measure(settings, results_dir)
+    (results_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    markdown = report.render(results)
+    (results_dir / "report.md").write_text(markdown)
+    latest = RESULTS / "latest"
+    latest.unlink(missing_ok=True)
+    latest.symlink_to(results_dir.name)
+    print()
+    print(markdown, end="")
+    print(f"\nraw results: {results_dir}")
+    return 1 if results["problems"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
