@@ -12,7 +12,7 @@ from sqlalchemy import Table, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DisconnectionError, OperationalError, ProgrammingError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlmodel import SQLModel
 
 from backend.config import Settings
@@ -182,17 +182,19 @@ _AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
 
 
 @asynccontextmanager
-async def read_only(session: AsyncSession) -> AsyncIterator[None]:
-    """Run a read-only service call without BEGIN/ROLLBACK round trips, then release the connection.
+async def read_only(session: AsyncSession) -> AsyncIterator[AsyncConnection]:
+    """The session's connection for a read-only service call, without BEGIN/ROLLBACK round trips.
 
-    Inside a transaction that is already open (a write, a test's outer transaction) it simply joins it.
+    Statements run on the connection (Core), not through the ORM. The connection goes back to
+    the pool at the end. Inside a transaction that is already open (a write, a test's outer
+    transaction) it simply joins it.
     """
     if session.in_transaction() or not isinstance(session.bind, AsyncEngine):
-        yield
+        yield await session.connection()
         return
-    await session.connection(execution_options=_AUTOCOMMIT)
+    connection = await session.connection(execution_options=_AUTOCOMMIT)
     try:
-        yield
+        yield connection
     finally:
         await session.rollback()  # nothing to undo in autocommit: this only returns the connection
 

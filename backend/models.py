@@ -17,6 +17,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 from sqlalchemy import (
+    DDL,
     JSON,
     Boolean,
     CheckConstraint,
@@ -29,6 +30,7 @@ from sqlalchemy import (
     Text,
     case,
     cast,
+    event,
     func,
     text,
 )
@@ -187,6 +189,75 @@ Index(
     postgresql_using="gin",
     postgresql_ops={"tag_keys": "jsonb_path_ops"},
 ).ddl_if(dialect="postgresql")
+
+
+class TaskCount(SQLModel, table=True):
+    """Each user's task totals, kept by database triggers, so a list's total costs one row read.
+
+    Triggers (not the service) maintain it, so rows written by any tool are counted too.
+    """
+
+    __tablename__: ClassVar[str] = "task_counts"
+
+    user_id: str = sqlmodel.Field(
+        sa_column=Column(Text, ForeignKey(f"{User.__tablename__}.id", ondelete="CASCADE"), primary_key=True)
+    )
+    total: int = sqlmodel.Field(default=0, sa_column=Column(Integer, nullable=False, server_default=text("0")))
+    completed: int = sqlmodel.Field(default=0, sa_column=Column(Integer, nullable=False, server_default=text("0")))
+
+
+task_counts_table = TaskCount.__table__  # type: ignore[attr-defined]
+task_counts_table.add_is_dependent_on(tasks_table)  # created after tasks: its triggers and backfill read it
+
+_BACKFILL_TASK_COUNTS = """
+INSERT INTO task_counts (user_id, total, completed)
+SELECT user_id, count(*), sum(CASE WHEN completed THEN 1 ELSE 0 END) FROM tasks GROUP BY user_id
+"""
+_POSTGRES_COUNT_TRIGGER = (
+    """
+CREATE OR REPLACE FUNCTION task_counts_follow() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP IN ('DELETE', 'UPDATE') THEN
+        UPDATE task_counts SET total = total - 1, completed = completed - OLD.completed::int
+        WHERE user_id = OLD.user_id;
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        INSERT INTO task_counts (user_id, total, completed) VALUES (NEW.user_id, 1, NEW.completed::int)
+        ON CONFLICT (user_id) DO UPDATE
+        SET total = task_counts.total + 1, completed = task_counts.completed + EXCLUDED.completed;
+    END IF;
+    RETURN NULL;
+END $$
+""",
+    """
+CREATE OR REPLACE TRIGGER tasks_counted AFTER INSERT OR DELETE OR UPDATE OF completed, user_id ON tasks
+FOR EACH ROW EXECUTE FUNCTION task_counts_follow()
+""",
+)
+_SQLITE_COUNT_TRIGGERS = (
+    """
+CREATE TRIGGER tasks_counted_insert AFTER INSERT ON tasks BEGIN
+    INSERT INTO task_counts (user_id, total, completed) VALUES (NEW.user_id, 0, 0) ON CONFLICT (user_id) DO NOTHING;
+    UPDATE task_counts SET total = total + 1, completed = completed + NEW.completed WHERE user_id = NEW.user_id;
+END
+""",
+    """
+CREATE TRIGGER tasks_counted_delete AFTER DELETE ON tasks BEGIN
+    UPDATE task_counts SET total = total - 1, completed = completed - OLD.completed WHERE user_id = OLD.user_id;
+END
+""",
+    """
+CREATE TRIGGER tasks_counted_update AFTER UPDATE OF completed, user_id ON tasks BEGIN
+    UPDATE task_counts SET total = total - 1, completed = completed - OLD.completed WHERE user_id = OLD.user_id;
+    INSERT INTO task_counts (user_id, total, completed) VALUES (NEW.user_id, 0, 0) ON CONFLICT (user_id) DO NOTHING;
+    UPDATE task_counts SET total = total + 1, completed = completed + NEW.completed WHERE user_id = NEW.user_id;
+END
+""",
+)
+for dialect_name, statements in (("postgresql", _POSTGRES_COUNT_TRIGGER), ("sqlite", _SQLITE_COUNT_TRIGGERS)):
+    for statement in (_BACKFILL_TASK_COUNTS, *statements):
+        ddl = DDL(statement)  # type: ignore[no-untyped-call]  # SQLAlchemy leaves DDL.__init__ unannotated
+        event.listen(task_counts_table, "after_create", ddl.execute_if(dialect=dialect_name))
 
 
 class IdempotencyKey(SQLModel, table=True):

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Text, cast, exists, func, literal, literal_column, select
+from sqlalchemy import ColumnElement, Text, cast, exists, func, literal_column, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -35,7 +35,7 @@ def _text_position_pg(element: text_position, compiler: SQLCompiler, **kw: Any) 
     return f"strpos({compiler.process(element.clauses, **kw)})"
 
 
-def contains_ignoring_case(column: ColumnElement[Any], needle: str) -> ColumnElement[bool]:
+def contains_ignoring_case(column: ColumnElement[Any], needle: ColumnElement[str]) -> ColumnElement[bool]:
     return text_position(unicode_lower(column), unicode_lower(needle)) > 0
 
 
@@ -53,9 +53,9 @@ class has_tag(ColumnElement[bool]):
         ("tag", InternalTraversal.dp_clauseelement),
     ]
 
-    def __init__(self, tags: ColumnElement[Any], tag: str) -> None:
+    def __init__(self, tags: ColumnElement[Any], tag: ColumnElement[str]) -> None:
         self.tags = tags
-        self.tag = literal(tag, Text)
+        self.tag = tag
 
 
 @compiles(has_tag, "postgresql")

@@ -12,15 +12,16 @@ from fastapi import Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute, APIWebSocketRoute
 from graphql import GraphQLError
+from graphql.validation import ASTValidationRule, NoSchemaIntrospectionCustomRule
 from strawberry.extensions import (
-    DisableIntrospection,
-    MaxAliasesLimiter,
+    AddValidationRules,
     MaxTokensLimiter,
     ParserCache,
-    QueryDepthLimiter,
     SchemaExtension,
     ValidationCache,
 )
+from strawberry.extensions.max_aliases import create_validator as alias_limit_rule
+from strawberry.extensions.query_depth_limiter import create_validator as depth_limit_rule
 from strawberry.fastapi import GraphQLRouter
 from strawberry.http import GraphQLHTTPResponse
 from strawberry.types import ExecutionContext, ExecutionResult
@@ -132,15 +133,20 @@ def _whole_request_failure(result: ExecutionResult) -> tuple[str, str] | None:
 
 
 def build_schema(settings: Settings) -> strawberry.Schema:
+    # The rule classes are built once: ValidationCache keys on them, and QueryDepthLimiter /
+    # MaxAliasesLimiter would create new ones for every request (so the cache would never hit).
+    rules: list[type[ASTValidationRule]] = [
+        depth_limit_rule(settings.graphql_max_depth, None),
+        alias_limit_rule(settings.graphql_max_aliases),
+    ]
+    if not settings.introspection_enabled:
+        rules.append(NoSchemaIntrospectionCustomRule)
     extensions: list[Callable[[], SchemaExtension]] = [
         functools.partial(MaxTokensLimiter, max_token_count=settings.graphql_max_tokens),
         functools.partial(ParserCache, maxsize=512),
-        functools.partial(QueryDepthLimiter, max_depth=settings.graphql_max_depth),
-        functools.partial(MaxAliasesLimiter, max_alias_count=settings.graphql_max_aliases),
+        functools.partial(AddValidationRules, rules),
         functools.partial(ValidationCache, maxsize=512),
     ]
-    if not settings.introspection_enabled:
-        extensions.insert(0, DisableIntrospection)
     return TodoSchema(query=Query, mutation=Mutation, extensions=extensions, scalar_overrides={datetime: DateTime})
 
 

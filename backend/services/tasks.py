@@ -1,5 +1,6 @@
 """Every task rule, shared by REST and GraphQL. Each query is scoped to the calling user."""
 
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -7,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import TypeAdapter
-from sqlalchemy import ColumnElement, Row, delete, func, select, update
+from sqlalchemy import ColumnElement, Integer, Row, Select, Text, bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.auth import Principal
@@ -22,6 +23,7 @@ from backend.models import (
     TaskSort,
     TaskStatus,
     priority_rank,
+    task_counts_table,
     tasks_table,
     utcnow,
 )
@@ -67,10 +69,14 @@ class CreatedTask:
 
 
 def _to_tasks(rows: Sequence[Row[*tuple[Any, ...]]]) -> list[TaskPublic]:
-    return _tasks_adapter.validate_python(rows, from_attributes=True)
+    return _tasks_adapter.validate_python([row._mapping for row in rows])
 
 
 # --- Reading ---------------------------------------------------------------------------------
+# Statements are built once per shape (filters present, sort, order) with bound parameters:
+# a request then skips building the SQL expression and computing its cache key.
+
+DEEP_OFFSET = 1000  # from here a page is found on the index alone first, then its rows fetched
 
 _SORT_KEYS: dict[TaskSort, ColumnElement[Any]] = {
     TaskSort.CREATED: t.c.created_at,
@@ -79,46 +85,116 @@ _SORT_KEYS: dict[TaskSort, ColumnElement[Any]] = {
     TaskSort.DUE_DATE: t.c.due_date,
     TaskSort.PRIORITY: priority_rank,
 }
+_COUNTED: dict[TaskStatus, ColumnElement[int]] = {
+    TaskStatus.ALL: task_counts_table.c.total,
+    TaskStatus.PENDING: task_counts_table.c.total - task_counts_table.c.completed,
+    TaskStatus.COMPLETED: task_counts_table.c.completed,
+}
 
 
-def _list_conditions(user_id: str, query: TaskListQuery) -> list[ColumnElement[bool]]:
-    conditions = [t.c.user_id == user_id]
-    if query.status is TaskStatus.PENDING:
-        conditions.append(t.c.completed.is_(False))
-    elif query.status is TaskStatus.COMPLETED:
-        conditions.append(t.c.completed.is_(True))
-    if query.priority is not None:
-        conditions.append(t.c.priority == query.priority.value)
-    if query.tag is not None:
-        conditions.append(has_tag(t.c.tags, query.tag))
-    if query.search is not None:
-        conditions.append(
-            contains_ignoring_case(t.c.title, query.search) | contains_ignoring_case(t.c.description, query.search)
+@dataclass(frozen=True, slots=True)
+class _ListShape:
+    status: TaskStatus
+    sort: TaskSort
+    order: SortOrder
+    priority: bool
+    tag: bool
+    search: bool
+    deep: bool
+
+    @classmethod
+    def of(cls, query: TaskListQuery) -> "_ListShape":
+        return cls(
+            query.status,
+            query.sort,
+            query.order,
+            query.priority is not None,
+            query.tag is not None,
+            query.search is not None,
+            query.offset >= DEEP_OFFSET,
         )
+
+    @property
+    def counted_by_trigger(self) -> bool:
+        """Without priority, tag or search filters the total is the trigger-kept count."""
+        return not (self.priority or self.tag or self.search)
+
+
+def _list_parameters(principal: Principal, query: TaskListQuery) -> dict[str, Any]:
+    parameters: dict[str, Any] = {"user_id": principal.user_id, "limit": query.limit, "offset": query.offset}
+    if query.priority is not None:
+        parameters["priority"] = query.priority.value
+    if query.tag is not None:
+        parameters["tag"] = query.tag
+    if query.search is not None:
+        parameters["search"] = query.search
+    return parameters
+
+
+def _list_conditions(shape: _ListShape) -> list[ColumnElement[bool]]:
+    conditions = [t.c.user_id == bindparam("user_id")]
+    if shape.status is TaskStatus.PENDING:
+        conditions.append(t.c.completed.is_(False))
+    elif shape.status is TaskStatus.COMPLETED:
+        conditions.append(t.c.completed.is_(True))
+    if shape.priority:
+        conditions.append(t.c.priority == bindparam("priority"))
+    if shape.tag:
+        conditions.append(has_tag(t.c.tags, bindparam("tag", type_=Text)))
+    if shape.search:
+        search = bindparam("search", type_=Text)
+        conditions.append(contains_ignoring_case(t.c.title, search) | contains_ignoring_case(t.c.description, search))
     return conditions
 
 
-def _ordering(query: TaskListQuery) -> list[ColumnElement[Any]]:
+def _ordering(shape: _ListShape) -> list[ColumnElement[Any]]:
     """Sort key, then id in the same direction: pages never overlap. No due date sorts last."""
-    descending = query.order is SortOrder.DESC
-    key = _SORT_KEYS[query.sort]
+    descending = shape.order is SortOrder.DESC
+    key = _SORT_KEYS[shape.sort]
     ordered_key = key.desc() if descending else key.asc()
-    if query.sort is TaskSort.DUE_DATE:
+    if shape.sort is TaskSort.DUE_DATE:
         ordered_key = ordered_key.nulls_last()
     return [ordered_key, t.c.id.desc() if descending else t.c.id.asc()]
 
 
+def _total(shape: _ListShape) -> ColumnElement[int]:
+    if shape.counted_by_trigger:
+        counted = select(_COUNTED[shape.status]).where(task_counts_table.c.user_id == bindparam("user_id"))
+        return func.coalesce(counted.scalar_subquery(), 0)
+    return func.count().over()
+
+
+@functools.cache
+def _page_statement(shape: _ListShape) -> Select[Any]:
+    """One page and, in the same round trip, the total (unless the page is deep)."""
+    conditions, ordering = _list_conditions(shape), _ordering(shape)
+    limit, offset = bindparam("limit", type_=Integer), bindparam("offset", type_=Integer)
+    if shape.deep:
+        # OFFSET walks every skipped row; on the index alone that is several times cheaper.
+        page_ids = select(t.c.id).where(*conditions).order_by(*ordering).limit(limit).offset(offset)
+        return select(*TASK_COLUMNS).where(t.c.id.in_(page_ids)).order_by(*ordering)
+    statement = select(*TASK_COLUMNS, _total(shape).label("total")).where(*conditions)
+    return statement.order_by(*ordering).limit(limit).offset(offset)
+
+
+@functools.cache
+def _count_statement(shape: _ListShape) -> Select[Any]:
+    if shape.counted_by_trigger:
+        return select(_total(shape))
+    return select(func.count()).select_from(t).where(*_list_conditions(shape))
+
+
 async def list_tasks(session: AsyncSession, principal: Principal, query: TaskListQuery) -> TaskPage:
-    conditions = _list_conditions(principal.user_id, query)
-    statement = (
-        select(*TASK_COLUMNS).where(*conditions).order_by(*_ordering(query)).limit(query.limit).offset(query.offset)
-    )
-    async with read_only(session):
-        rows = (await session.execute(statement)).all()
-        if 0 < len(rows) < query.limit or (not rows and query.page == 1):
-            total = query.offset + len(rows)  # a short page is the last one: no COUNT needed
+    shape = _ListShape.of(query)
+    parameters = _list_parameters(principal, query)
+    async with read_only(session) as connection:
+        rows = (await connection.execute(_page_statement(shape), parameters)).all()
+        if rows and not shape.deep:
+            total = int(rows[0].total)
+        elif not rows and query.page == 1:
+            total = 0
         else:
-            total = await session.scalar(select(func.count()).select_from(t).where(*conditions)) or 0
+            total = int((await connection.execute(_count_statement(shape), parameters)).scalar_one())
     return TaskPage(items=_to_tasks(rows), total=total, page=query.page, limit=query.limit)
 
 
@@ -129,17 +205,21 @@ async def list_user_tasks(session: AsyncSession, principal: Principal, user_id: 
     return await list_tasks(session, principal, query)
 
 
+# Another user's task and a missing one are the same NotFound: ids cannot be probed.
+_OWNED_TASK = select(*TASK_COLUMNS).where(t.c.id == bindparam("task_id"), t.c.user_id == bindparam("user_id"))
+_OWNED_TASK_FOR_UPDATE = _OWNED_TASK.with_for_update()
+
+
+def _owned(principal: Principal, task_id: int) -> dict[str, Any]:
+    return {"task_id": task_id, "user_id": principal.user_id}
+
+
 async def get_task(session: AsyncSession, principal: Principal, task_id: int) -> TaskPublic:
-    async with read_only(session):
-        row = (await session.execute(_select_owned(principal, task_id))).one_or_none()
+    async with read_only(session) as connection:
+        row = (await connection.execute(_OWNED_TASK, _owned(principal, task_id))).one_or_none()
     if row is None:
         raise NotFound()
     return _to_tasks([row])[0]
-
-
-def _select_owned(principal: Principal, task_id: int) -> Any:
-    # Another user's task and a missing one are the same NotFound: ids cannot be probed.
-    return select(*TASK_COLUMNS).where(t.c.id == task_id, t.c.user_id == principal.user_id)
 
 
 # --- Writing ---------------------------------------------------------------------------------
@@ -244,7 +324,7 @@ async def _change_task(
     compute_changes: Callable[[TaskPublic], dict[str, Any]],
     if_match: str | None,
 ) -> TaskPublic:
-    row = (await session.execute(_select_owned(principal, task_id).with_for_update())).one_or_none()
+    row = (await session.execute(_OWNED_TASK_FOR_UPDATE, _owned(principal, task_id))).one_or_none()
     if row is None:
         raise NotFound()
     current = _to_tasks([row])[0]
@@ -296,7 +376,7 @@ async def delete_task(
     session: AsyncSession, principal: Principal, task_id: int, *, if_match: str | None = None
 ) -> None:
     if if_match is not None:
-        current = (await session.execute(_select_owned(principal, task_id).with_for_update())).one_or_none()
+        current = (await session.execute(_OWNED_TASK_FOR_UPDATE, _owned(principal, task_id))).one_or_none()
         if current is None:
             raise NotFound()
         if not etag_matches(if_match, _to_tasks([current])[0].etag):

@@ -4,11 +4,14 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.auth import Principal
 from backend.errors import Forbidden, InvalidInput, NotFound, PreconditionFailed
-from backend.models import TaskCreate, TaskListQuery, TaskUpdate
+from backend.models import TaskCreate, TaskListQuery, TaskUpdate, tasks_table
 from backend.services import tasks as task_service
+from backend.services import users as user_service
 from backend.tests.factories import create_task, principal
 
 ALICE = principal("alice")
@@ -260,3 +263,58 @@ async def test_total_and_has_next_on_every_page(session: AsyncSession) -> None:
     assert [len(page.items) for page in pages] == [2, 2, 1, 0]
     assert [page.total for page in pages] == [5, 5, 5, 5]
     assert [page.has_next for page in pages] == [True, True, False, False]
+
+
+# --- Totals kept by triggers, and deep pages -------------------------------------------------
+
+
+async def totals(session: AsyncSession, user: Principal = ALICE, **filters: object) -> dict[str, int]:
+    return {
+        status: (await task_service.list_tasks(session, user, query(status=status, limit=1, **filters))).total
+        for status in ("all", "pending", "completed")
+    }
+
+
+async def test_totals_follow_every_write_including_other_tools(session: AsyncSession) -> None:
+    first = await create_task(session, ALICE, title="one")
+    second = await create_task(session, ALICE, title="two", priority="high")
+    await create_task(session, ALICE, title="three")
+    await create_task(session, BOB, title="bob's")
+    assert await totals(session) == {"all": 3, "pending": 3, "completed": 0}
+    await task_service.set_task_completed(session, ALICE, first.id)
+    assert await totals(session) == {"all": 3, "pending": 2, "completed": 1}
+    await task_service.delete_task(session, ALICE, first.id)
+    assert await totals(session) == {"all": 2, "pending": 2, "completed": 0}
+    await session.execute(text("INSERT INTO tasks (user_id, title, completed) VALUES ('alice', 'seeded', true)"))
+    await session.execute(text("UPDATE tasks SET completed = true WHERE id = :id"), {"id": second.id})
+    assert await totals(session) == {"all": 3, "pending": 1, "completed": 2}
+    assert await totals(session, priority="high") == {"all": 1, "pending": 0, "completed": 1}
+    assert await totals(session, BOB) == {"all": 1, "pending": 1, "completed": 0}
+    await session.execute(text("DELETE FROM tasks WHERE user_id = 'alice'"))
+    assert await totals(session) == {"all": 0, "pending": 0, "completed": 0}
+
+
+async def test_deep_pages_follow_the_same_order(session: AsyncSession) -> None:
+    await user_service.ensure_user(session, ALICE)
+    base = datetime(2030, 1, 1, tzinfo=UTC)
+    await session.execute(
+        tasks_table.insert(),
+        [
+            {
+                "user_id": "alice",
+                "title": f"t{n % 7}",
+                "created_at": base + timedelta(minutes=n % 50),
+                "updated_at": base,
+            }
+            for n in range(1060)
+        ],
+    )
+    for sort, order in (("created", "desc"), ("title", "asc")):
+        everything: list[int] = []
+        for page in range(1, 12):
+            result = await task_service.list_tasks(session, ALICE, query(sort=sort, order=order, page=page, limit=100))
+            assert result.total == 1060
+            everything.extend(task.id for task in result.items)
+        assert len(everything) == len(set(everything)) == 1060
+    filtered = await task_service.list_tasks(session, ALICE, query(search="t3", page=11, limit=10))
+    assert filtered.total == len([n for n in range(1060) if n % 7 == 3])
