@@ -440,9 +440,12 @@ class TaskPublic(BaseModel):
 
     @property
     def etag(self) -> str:
-        """Strong validator of the representation: any visible change changes it."""
-        digest = hashlib.blake2b(self.model_dump_json().encode(), digest_size=12).hexdigest()
-        return f'"{digest}"'
+        return etag_of(self.model_dump_json().encode())
+
+
+def etag_of(representation: bytes) -> str:
+    """Strong validator of a task's JSON representation: any visible change changes it."""
+    return f'"{hashlib.blake2b(representation, digest_size=12).hexdigest()}"'
 
 
 class UserPublic(BaseModel):

@@ -2,14 +2,24 @@
 
 import math
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response, status
-from starlette.datastructures import URL
+from pydantic import TypeAdapter
 
 from backend.auth import AuthenticatedRoute, PrincipalDep
 from backend.db import SessionDep
 from backend.errors import ERROR_RESPONSES, ErrorResponse
-from backend.models import INT32_MAX, CompleteInput, TaskCreate, TaskListQuery, TaskPublic, TaskReplace, TaskUpdate
+from backend.models import (
+    INT32_MAX,
+    CompleteInput,
+    TaskCreate,
+    TaskListQuery,
+    TaskPublic,
+    TaskReplace,
+    TaskUpdate,
+    etag_of,
+)
 from backend.services import tasks as task_service
 from backend.services.tasks import TaskPage
 
@@ -37,7 +47,10 @@ IN_FLIGHT: dict[int | str, dict[str, Any]] = {
 }
 
 
-def pagination_headers(page: TaskPage, url: URL) -> dict[str, str]:
+_TASK_LIST = TypeAdapter(list[TaskPublic])
+
+
+def pagination_headers(page: TaskPage, request: Request) -> dict[str, str]:
     """X-Total-Count, Content-Range and an RFC 8288 Link header for a list page."""
     start = (page.page - 1) * page.limit
     count = len(page.items)
@@ -47,96 +60,95 @@ def pagination_headers(page: TaskPage, url: URL) -> dict[str, str]:
         links["prev"] = min(page.page - 1, last_page)
     if page.has_next:
         links["next"] = page.page + 1
+    url = request.url
+    others = urlencode([item for item in request.query_params.multi_items() if item[0] != "page"])
+    page_url = f"{url.scheme}://{url.netloc}{url.path}?{others}{'&' if others else ''}page="
     return {
         "X-Total-Count": str(page.total),
         "Content-Range": f"tasks {start}-{start + count - 1}/{page.total}" if count else f"tasks */{page.total}",
-        "Link": ", ".join(f'<{url.include_query_params(page=number)}>; rel="{rel}"' for rel, number in links.items()),
+        "Link": ", ".join(f'<{page_url}{number}>; rel="{rel}"' for rel, number in links.items()),
     }
 
 
-def _single_task(response: Response, task: TaskPublic) -> TaskPublic:
-    response.headers["ETag"] = task.etag
-    return task
+def task_response(task: TaskPublic, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """The task as JSON with its ETag, serialised once."""
+    body = task.model_dump_json().encode()
+    return Response(body, status_code, {"ETag": etag_of(body), **(headers or {})}, media_type="application/json")
 
 
-@router.get("", summary="List your tasks")
+@router.get("", summary="List your tasks", response_model=list[TaskPublic])
 async def list_tasks(
     request: Request,
-    response: Response,
     session: SessionDep,
     principal: PrincipalDep,
     query: Annotated[TaskListQuery, Query()],
-) -> list[TaskPublic]:
+) -> Response:
     """Filter, search, sort and paginate; totals in `X-Total-Count`, `Content-Range` and `Link`."""
     page = await task_service.list_tasks(session, principal, query)
-    response.headers.update(pagination_headers(page, request.url))
-    return page.items
+    body = _TASK_LIST.dump_json(page.items)
+    return Response(body, headers=pagination_headers(page, request), media_type="application/json")
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, summary="Create a task", responses=IN_FLIGHT)
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, summary="Create a task", response_model=TaskPublic, responses=IN_FLIGHT
+)
 async def create_task(
     request: Request,
-    response: Response,
     session: SessionDep,
     principal: PrincipalDep,
     data: TaskCreate,
     idempotency_key: IdempotencyKey = None,
-) -> TaskPublic:
+) -> Response:
     """Create a task; `Location` points at it. Unknown and server-owned fields are ignored."""
     created = await task_service.create_task(session, principal, data, idempotency_key=idempotency_key)
-    response.headers["Location"] = f"{request.url.path.rstrip('/')}/{created.task.id}"
+    headers = {"Location": f"{request.url.path.rstrip('/')}/{created.task.id}"}
     if created.replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return _single_task(response, created.task)
+        headers["Idempotent-Replayed"] = "true"
+    return task_response(created.task, status.HTTP_201_CREATED, headers)
 
 
-@router.get("/{task_id}", summary="Get a task")
-async def get_task(response: Response, session: SessionDep, principal: PrincipalDep, task_id: TaskId) -> TaskPublic:
+@router.get("/{task_id}", summary="Get a task", response_model=TaskPublic)
+async def get_task(session: SessionDep, principal: PrincipalDep, task_id: TaskId) -> Response:
     """One of your tasks, with its `ETag`."""
-    return _single_task(response, await task_service.get_task(session, principal, task_id))
+    return task_response(await task_service.get_task(session, principal, task_id))
 
 
-@router.put("/{task_id}", summary="Replace a task", responses=PRECONDITION_FAILED)
+@router.put("/{task_id}", summary="Replace a task", response_model=TaskPublic, responses=PRECONDITION_FAILED)
 async def replace_task(
-    response: Response,
-    session: SessionDep,
-    principal: PrincipalDep,
-    task_id: TaskId,
-    data: TaskReplace,
-    if_match: IfMatch = None,
-) -> TaskPublic:
+    session: SessionDep, principal: PrincipalDep, task_id: TaskId, data: TaskReplace, if_match: IfMatch = None
+) -> Response:
     """`title` is required; omitted optional fields keep their value, null clears description/due_date."""
-    task = await task_service.update_task(session, principal, task_id, data.changes(), if_match=if_match)
-    return _single_task(response, task)
+    return task_response(await task_service.update_task(session, principal, task_id, data.changes(), if_match=if_match))
 
 
-@router.patch("/{task_id}", summary="Update some fields of a task", responses=PRECONDITION_FAILED)
+@router.patch(
+    "/{task_id}", summary="Update some fields of a task", response_model=TaskPublic, responses=PRECONDITION_FAILED
+)
 async def update_task(
-    response: Response,
-    session: SessionDep,
-    principal: PrincipalDep,
-    task_id: TaskId,
-    data: TaskUpdate,
-    if_match: IfMatch = None,
-) -> TaskPublic:
+    session: SessionDep, principal: PrincipalDep, task_id: TaskId, data: TaskUpdate, if_match: IfMatch = None
+) -> Response:
     """Any subset of the fields; null clears description/due_date."""
-    task = await task_service.update_task(session, principal, task_id, data.changes(), if_match=if_match)
-    return _single_task(response, task)
+    return task_response(await task_service.update_task(session, principal, task_id, data.changes(), if_match=if_match))
 
 
-@router.patch("/{task_id}/complete", summary="Toggle or set completion", responses=PRECONDITION_FAILED)
+@router.patch(
+    "/{task_id}/complete",
+    summary="Toggle or set completion",
+    response_model=TaskPublic,
+    responses=PRECONDITION_FAILED,
+)
 async def complete_task(
-    response: Response,
     session: SessionDep,
     principal: PrincipalDep,
     task_id: TaskId,
     data: Annotated[CompleteInput | None, Body()] = None,
     if_match: IfMatch = None,
-) -> TaskPublic:
+) -> Response:
     """No body (or no `completed`) toggles; `{"completed": true|false}` sets."""
     completed = data.completed if data is not None else None
-    task = await task_service.set_task_completed(session, principal, task_id, completed=completed, if_match=if_match)
-    return _single_task(response, task)
+    return task_response(
+        await task_service.set_task_completed(session, principal, task_id, completed=completed, if_match=if_match)
+    )
 
 
 @router.delete(
