@@ -68,8 +68,12 @@ class CreatedTask:
     replayed: bool  # True when an Idempotency-Key retry answered with the first response
 
 
+_TASK_KEYS = tuple(column.key for column in TASK_COLUMNS)
+
+
 def _to_tasks(rows: Sequence[Row[*tuple[Any, ...]]]) -> list[TaskPublic]:
-    return _tasks_adapter.validate_python([row._mapping for row in rows])
+    # Plain dicts validate several times faster than row mappings or attribute access.
+    return _tasks_adapter.validate_python([dict(zip(_TASK_KEYS, row, strict=False)) for row in rows])
 
 
 # --- Reading ---------------------------------------------------------------------------------
