@@ -19,8 +19,10 @@ class Settings(BaseSettings):
     app_env: Literal["development", "test", "production"] = "development"
 
     database_url: str = "sqlite+aiosqlite:///./todo.db"
-    db_pool_size: int = Field(default=10, ge=1, le=1000)
-    db_max_overflow: int = Field(default=10, ge=0, le=1000)
+    db_pool_size: int = Field(default=20, ge=1, le=1000)
+    # Overflow connections are closed as soon as they are returned: under steady load that is a
+    # connect (and asyncpg's type set-up) per request or so. A fixed pool is cheaper.
+    db_max_overflow: int = Field(default=0, ge=0, le=1000)
     db_pool_timeout: float = Field(default=10.0, gt=0)
     db_pool_recycle: int = Field(default=240, ge=-1)  # Neon suspends idle computes after 300 s
     db_connect_timeout: float = Field(default=5.0, gt=0)

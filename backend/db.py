@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from sqlmodel import SQLModel
 
 from backend.config import Settings
+from backend.errors import ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -170,9 +171,34 @@ async def create_schema(engine: AsyncEngine, *, attempts: int = 5) -> None:
             await asyncio.sleep(0.2 * attempt)
 
 
+def create_admission_gate(engine: AsyncEngine) -> asyncio.Semaphore:
+    """As many permits as the pool has connections (see `get_session`)."""
+    pool: Any = engine.pool
+    return asyncio.Semaphore(pool.size() + max(pool._max_overflow, 0))
+
+
+@asynccontextmanager
+async def _admitted(gate: asyncio.Semaphore, wait_seconds: float) -> AsyncIterator[None]:
+    try:
+        async with asyncio.timeout(wait_seconds):
+            await gate.acquire()
+    except TimeoutError:
+        raise ServiceUnavailable("The server is busy; retry shortly", retry_after=1) from None
+    try:
+        yield
+    finally:
+        gate.release()
+
+
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """One session per request; closing it rolls back whatever a service did not commit."""
-    async with request.app.state.sessionmaker() as session:
+    """One session per request; closing it rolls back whatever a service did not commit.
+
+    Requests are admitted first come, first served, one per pooled connection: SQLAlchemy's
+    pool hands a freed connection to whichever task asks next, so under load a newcomer can
+    overtake requests that have waited for seconds (the p99 at 1000 connections).
+    """
+    state = request.app.state
+    async with _admitted(state.db_gate, state.settings.db_pool_timeout), state.sessionmaker() as session:
         yield session
 
 

@@ -15,7 +15,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from backend.auth import JwksCache, TokenVerifier
 from backend.config import Settings, get_settings
-from backend.db import create_engine, create_schema, create_sessionmaker
+from backend.db import create_admission_gate, create_engine, create_schema, create_sessionmaker
 from backend.errors import register_error_handlers
 from backend.explorers import mount_explorers
 from backend.gql.schema import create_graphql_router
@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
             await create_schema(app_engine)
         app.state.engine = app_engine
         app.state.sessionmaker = create_sessionmaker(app_engine)
+        app.state.db_gate = create_admission_gate(app_engine)
         async with httpx.AsyncClient(timeout=settings.jwks_fetch_timeout) as http_client:
             app.state.token_verifier = TokenVerifier(settings, JwksCache(settings, http_client))
             purger = asyncio.create_task(_purge_idempotency_keys_forever(app))

@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import Request
 from limits import parse as parse_limit
+from limits.storage import Storage
 from slowapi import Limiter
 from slowapi.errors import RateLimitExceeded
 
@@ -50,6 +51,61 @@ class ReportingLimiter(Limiter):
                 )
 
 
+class EventLoopMemoryStorage(Storage):
+    """Fixed-window counters in process memory, for a limiter used from one event loop.
+
+    limits' MemoryStorage sweeps expired keys from a `threading.Timer` that it restarts every
+    10 ms while requests arrive: thousands of threads a minute, each walking every key under the
+    GIL. Here an expired window is reset when its key is next touched, and the table is swept in
+    one pass only when it has grown.
+    """
+
+    STORAGE_SCHEME = ["event-loop-memory"]  # noqa: RUF012 (limits' registry reads it off the class)
+    SWEEP_AT = 50_000
+
+    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options: float | str | bool) -> None:
+        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
+        self._counts: dict[str, int] = {}
+        self._expires_at: dict[str, float] = {}
+
+    @property
+    def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
+        return ValueError
+
+    def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+        now = time.time()
+        if self._expires_at.get(key, 0.0) <= now:
+            if len(self._expires_at) >= self.SWEEP_AT:
+                self._sweep(now)
+            self._counts[key] = 0
+            self._expires_at[key] = now + expiry
+        self._counts[key] += amount
+        return self._counts[key]
+
+    def get(self, key: str) -> int:
+        return self._counts.get(key, 0) if self._expires_at.get(key, 0.0) > time.time() else 0
+
+    def get_expiry(self, key: str) -> float:
+        return self._expires_at.get(key, time.time())
+
+    def check(self) -> bool:
+        return True
+
+    def reset(self) -> int | None:
+        cleared = len(self._counts)
+        self._counts.clear()
+        self._expires_at.clear()
+        return cleared
+
+    def clear(self, key: str) -> None:
+        self._counts.pop(key, None)
+        self._expires_at.pop(key, None)
+
+    def _sweep(self, now: float) -> None:
+        for key in [key for key, expires_at in self._expires_at.items() if expires_at <= now]:
+            self.clear(key)
+
+
 def create_limiter(settings: Settings) -> Limiter:
     parse_limit(settings.rate_limit)  # fail at start-up on a malformed RATE_LIMIT
     storage_options: dict[str, float] = {}
@@ -57,7 +113,7 @@ def create_limiter(settings: Settings) -> Limiter:
         storage_options = {"socket_timeout": REDIS_TIMEOUT_SECONDS, "socket_connect_timeout": REDIS_TIMEOUT_SECONDS}
     return ReportingLimiter(
         key_func=rate_limit_key,
-        storage_uri=settings.redis_url or "memory://",
+        storage_uri=settings.redis_url or "event-loop-memory://",
         storage_options=storage_options,  # type: ignore[arg-type]
         strategy="fixed-window",
         key_prefix="todo-api",
