@@ -158,7 +158,13 @@ class JwksCache:
 class TokenVerifier:
     """Verifies a bearer token with the verifier its algorithm selects; both yield one Principal."""
 
+    VERIFIED_CACHE_SIZE = 10_000
+
     def __init__(self, settings: Settings, jwks: JwksCache) -> None:
+        # Verified tokens by their exact bytes: a client sends the same token for minutes, and
+        # PyJWT's checks cost more than the rest of a list request's Python. The signature of
+        # those bytes cannot change; exp and nbf are checked again on every use.
+        self._verified: dict[str, tuple[Principal, float, float]] = {}
         self._secret = settings.better_auth_secret
         self._leeway = settings.jwt_leeway_seconds
         self._hs_issuer = settings.jwt_issuer
@@ -168,6 +174,24 @@ class TokenVerifier:
         self._jwks = jwks
 
     async def verify(self, token: str) -> Principal:
+        cached = self._verified.get(token)
+        if cached is not None:
+            principal, valid_from, valid_until = cached
+            if valid_from <= time.time() < valid_until:
+                return principal
+            del self._verified[token]
+        principal, claims = await self._verify(token)
+        self._remember(token, principal, claims)
+        return principal
+
+    def _remember(self, token: str, principal: Principal, claims: dict[str, Any]) -> None:
+        valid_from = max(_number(claims.get("nbf")), _number(claims.get("iat"))) - self._leeway
+        valid_until = _number(claims["exp"]) + self._leeway
+        if len(self._verified) >= self.VERIFIED_CACHE_SIZE:
+            del self._verified[next(iter(self._verified))]  # the oldest entry
+        self._verified[token] = (principal, valid_from, valid_until)
+
+    async def _verify(self, token: str) -> tuple[Principal, dict[str, Any]]:
         if len(token) > MAX_TOKEN_LENGTH:
             raise Unauthenticated("Token too large")
         try:
@@ -186,7 +210,7 @@ class TokenVerifier:
                 raise Unauthenticated("Token has no key id (kid)")
             key = await self._jwks.key_for(kid)
             claims = self._decode(token, key, alg, self._jwks_issuer, self._jwks_audience)
-        return principal_from_claims(claims)
+        return principal_from_claims(claims), claims
 
     def _decode(
         self, token: str, key: str | jwt.PyJWK, alg: str, issuer: str | None, audience: str | None
@@ -204,6 +228,11 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise _unauthenticated(exc) from None
         return claims
+
+
+def _number(value: Any) -> float:
+    """A NumericDate claim PyJWT has already validated (absent: no constraint)."""
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def bearer_token(authorization: str | None) -> str:

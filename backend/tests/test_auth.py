@@ -1,5 +1,6 @@
 """The HS256 auth context: the 401 matrix on REST and GraphQL, claim shapes, principal scoping."""
 
+import asyncio
 import base64
 import json
 import time
@@ -167,3 +168,27 @@ async def test_session_cache_token_works_end_to_end(client: httpx.AsyncClient) -
     assert created.json()["user_id"] == "sc-user"
     me = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
     assert me.json()["email"] == "sc@x.io"
+
+
+# --- Verified tokens are remembered, expiry is not ------------------------------------------
+
+
+@pytest.mark.parametrize("settings_overrides", [{"jwt_leeway_seconds": 0}])
+async def test_a_remembered_token_still_expires(client: httpx.AsyncClient) -> None:
+    token = make_token(expires_in=2)
+    assert (await client.get("/api/tasks", headers={"Authorization": f"Bearer {token}"})).status_code == 200
+    assert (await client.get("/api/tasks", headers={"Authorization": f"Bearer {token}"})).status_code == 200
+    await asyncio.sleep(2.2)
+    expired = await client.get("/api/tasks", headers={"Authorization": f"Bearer {token}"})
+    assert expired.status_code == 401
+    assert "expired" in expired.json()["detail"]
+
+
+async def test_a_remembered_token_vouches_for_no_other_bytes(client: httpx.AsyncClient) -> None:
+    token = make_token()
+    assert (await client.get("/api/tasks", headers={"Authorization": f"Bearer {token}"})).status_code == 200
+    header, payload, signature = token.split(".")
+    forged_payload = _b64({"sub": "mallory", "exp": NOW + 3600})
+    for forged in (f"{header}.{forged_payload}.{signature}", f"{header}.{payload}.{signature[:-2]}AA"):
+        response = await client.get("/api/tasks", headers={"Authorization": f"Bearer {forged}"})
+        assert response.status_code == 401

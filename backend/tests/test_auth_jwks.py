@@ -447,7 +447,9 @@ async def test_cached_keys_keep_working_while_better_auth_is_down(
     assert (await client.get("/api/me", headers=bearer(token))).status_code == 200
     jwks_server.mode = "error"
     await asyncio.sleep(1.1)  # past the cache's lifetime: the refetch fails, the fetched set stays
-    assert (await client.get("/api/me", headers=bearer(token))).status_code == 200
+    another_token = KEYS["ES512"].sign(better_auth_claims(jwks_server.origin))  # not yet verified
+    assert another_token != token
+    assert (await client.get("/api/me", headers=bearer(another_token))).status_code == 200
     assert jwks_server.requests == 2
     unknown = SigningKey("ES512").sign(better_auth_claims(jwks_server.origin))
     assert_unauthorized(await client.get("/api/me", headers=bearer(unknown)), "unknown key")

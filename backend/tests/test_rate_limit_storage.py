@@ -45,7 +45,12 @@ def test_the_default_limiter_uses_it_and_starts_no_threads(monkeypatch: pytest.M
     assert isinstance(strategy.storage, EventLoopMemoryStorage)
     started: list[threading.Thread] = []
     original_start = threading.Thread.start
-    monkeypatch.setattr(threading.Thread, "start", lambda thread: (started.append(thread), original_start(thread)))
+
+    def counting_start(thread: threading.Thread) -> None:
+        started.append(thread)
+        original_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", counting_start)
     for number in range(2_000):
         strategy.hit(parse("5/minute"), f"user:{number % 50}")
     assert started == []
