@@ -20,7 +20,7 @@ from backend.errors import register_error_handlers
 from backend.explorers import mount_explorers
 from backend.gql.schema import create_graphql_router
 from backend.metrics import create_metrics_router, instrument_pool
-from backend.middleware import BodySizeLimitMiddleware, SecurityHeadersMiddleware, Utf8RequestTargetMiddleware
+from backend.middleware import HttpHardeningMiddleware
 from backend.observability import ObservabilityMiddleware, configure_logging
 from backend.rate_limit import build_rate_limit_check, create_limiter
 from backend.routes import api_router, health
@@ -110,11 +110,9 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
         app.include_router(create_metrics_router(settings))
     mount_explorers(app)
 
-    # Outermost last: observability -> proxy headers -> CORS -> security headers -> UTF-8 target -> body limit
-    # -> routes.
-    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(Utf8RequestTargetMiddleware)
-    app.add_middleware(SecurityHeadersMiddleware)
+    # Outermost last: observability -> proxy headers -> CORS -> hardening (UTF-8 target, body limit,
+    # security headers) -> routes.
+    app.add_middleware(HttpHardeningMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

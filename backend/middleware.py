@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: body size limit, UTF-8 request targets, security headers (no BaseHTTPMiddleware)."""
+"""Pure ASGI middleware: UTF-8 request targets, body size limit, security headers (no BaseHTTPMiddleware)."""
 
 from urllib.parse import unquote_to_bytes
 
@@ -15,11 +15,14 @@ SECURITY_HEADERS = (
 )
 
 
-class BodySizeLimitMiddleware:
-    """Refuses bodies over the limit with 413 before anything parses them.
+class HttpHardeningMiddleware:
+    """One pure ASGI layer for the request checks and response headers every route needs.
 
-    A declared Content-Length over the limit is refused at once; a chunked body is counted as
-    it arrives and the handler's read fails with a 413.
+    - A path or query string whose percent-decoded bytes are not UTF-8 is a 400: Starlette would
+      decode it with replacement characters, and `?search=%FF` would quietly search for U+FFFD.
+    - A body over the limit is a 413 before anything parses it: a declared Content-Length at
+      once, a chunked body as it arrives (the handler's read fails).
+    - Security headers on every response.
     """
 
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
@@ -30,48 +33,24 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                if not value.isdigit():
-                    await domain_error_response(DomainError("Invalid Content-Length header"))(scope, receive, send)
-                    return
-                if int(value) > self.max_body_bytes:
-                    too_large = PayloadTooLarge(f"Request body over {self.max_body_bytes} bytes")
-                    await domain_error_response(too_large)(scope, receive, send)
-                    return
-                break
-        received = 0
-        limit = self.max_body_bytes
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    # An HTTPException: FastAPI turns any other error raised while reading a body into a 400.
-                    raise HTTPException(413, f"Request body over {limit} bytes")
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-
-class Utf8RequestTargetMiddleware:
-    """400 for a path or query string whose percent-decoded bytes are not UTF-8.
-
-    Starlette decodes them with replacement characters: `?search=%FF` would quietly search for
-    U+FFFD instead of telling the client that its request is malformed.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not _is_utf8_target(scope):
-            malformed = DomainError("The request path or query string is not valid UTF-8")
-            await domain_error_response(malformed)(scope, receive, send)
+        refusal = _refusal(scope, self.max_body_bytes)
+        if refusal is not None:
+            await domain_error_response(refusal)(scope, receive, _with_security_headers(send))
             return
-        await self.app(scope, receive, send)
+        await self.app(scope, _limited(receive, self.max_body_bytes), _with_security_headers(send))
+
+
+def _refusal(scope: Scope, max_body_bytes: int) -> DomainError | None:
+    if not _is_utf8_target(scope):
+        return DomainError("The request path or query string is not valid UTF-8")
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if not value.isdigit():
+                return DomainError("Invalid Content-Length header")
+            if int(value) > max_body_bytes:
+                return PayloadTooLarge(f"Request body over {max_body_bytes} bytes")
+            break
+    return None
 
 
 def _is_utf8_target(scope: Scope) -> bool:
@@ -85,20 +64,26 @@ def _is_utf8_target(scope: Scope) -> bool:
     return True
 
 
-class SecurityHeadersMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+def _limited(receive: Receive, limit: int) -> Receive:
+    received = 0
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def limited_receive() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                # An HTTPException: FastAPI turns any other error raised while reading a body into a 400.
+                raise HTTPException(413, f"Request body over {limit} bytes")
+        return message
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS:
-                    headers.raw.append((name, value))
-            await send(message)
+    return limited_receive
 
-        await self.app(scope, receive, send_with_headers)
+
+def _with_security_headers(send: Send) -> Send:
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            MutableHeaders(scope=message).raw.extend(SECURITY_HEADERS)
+        await send(message)
+
+    return send_with_headers
