@@ -218,11 +218,10 @@ async def read_only(session: AsyncSession) -> AsyncIterator[AsyncConnection]:
     if session.in_transaction() or not isinstance(session.bind, AsyncEngine):
         yield await session.connection()
         return
-    connection = await session.connection(execution_options=_AUTOCOMMIT)
-    try:
+    # Straight from the engine's pool: a read needs none of the ORM session's transaction bookkeeping.
+    async with session.bind.connect() as connection:
+        await connection.execution_options(**_AUTOCOMMIT)
         yield connection
-    finally:
-        await session.rollback()  # nothing to undo in autocommit: this only returns the connection
 
 
 def insert_ignoring_conflicts(session: AsyncSession, table: Table) -> postgresql.Insert | sqlite.Insert:
