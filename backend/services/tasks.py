@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 from sqlalchemy import ColumnElement, Integer, Row, Select, Text, bindparam, delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.auth import Principal
@@ -229,25 +230,41 @@ async def get_task(session: AsyncSession, principal: Principal, task_id: int) ->
 # --- Writing ---------------------------------------------------------------------------------
 
 
+_INSERT_TASK = t.insert().returning(*TASK_COLUMNS)
+
+
 async def create_task(
     session: AsyncSession, principal: Principal, data: TaskCreate, *, idempotency_key: str | None = None
 ) -> CreatedTask:
+    """Insert the task; the owner's user row is created just in time, when the insert finds it missing."""
+    try:
+        return await _insert_task(session, principal, data, idempotency_key)
+    except IntegrityError as error:
+        if not _owner_missing(error):
+            raise
+        await session.rollback()
     await user_service.ensure_user(session, principal)
-    request_hash = hashlib.sha256(data.model_dump_json().encode()).hexdigest()
+    return await _insert_task(session, principal, data, idempotency_key)
+
+
+def _owner_missing(error: IntegrityError) -> bool:
+    """A foreign key violation: tasks and idempotency keys only reference the user table."""
+    return getattr(error.orig, "sqlstate", None) == "23503" or "FOREIGN KEY constraint failed" in str(error.orig)
+
+
+async def _insert_task(
+    session: AsyncSession, principal: Principal, data: TaskCreate, idempotency_key: str | None
+) -> CreatedTask:
     if idempotency_key is not None:
+        request_hash = hashlib.sha256(data.model_dump_json().encode()).hexdigest()
         replay = await _claim_idempotency_key(session, principal, idempotency_key, request_hash)
         if replay is not None:
             await session.rollback()
             return replay
     now = utcnow()
-    row = (
-        await session.execute(
-            t.insert()
-            .values(user_id=principal.user_id, **data.model_dump(), created_at=now, updated_at=now)
-            .returning(*TASK_COLUMNS)
-        )
-    ).one()
-    task = _to_tasks([row])[0]
+    connection = await session.connection()
+    values = {"user_id": principal.user_id, **data.model_dump(), "created_at": now, "updated_at": now}
+    task = _to_tasks([(await connection.execute(_INSERT_TASK, values)).one()])[0]
     if idempotency_key is not None:
         await session.execute(
             update(idempotency_table)
@@ -328,7 +345,8 @@ async def _change_task(
     compute_changes: Callable[[TaskPublic], dict[str, Any]],
     if_match: str | None,
 ) -> TaskPublic:
-    row = (await session.execute(_OWNED_TASK_FOR_UPDATE, _owned(principal, task_id))).one_or_none()
+    connection = await session.connection()
+    row = (await connection.execute(_OWNED_TASK_FOR_UPDATE, _owned(principal, task_id))).one_or_none()
     if row is None:
         raise NotFound()
     current = _to_tasks([row])[0]
@@ -340,7 +358,7 @@ async def _change_task(
     # updated_at strictly increases even if the clock steps back, so every change is visible.
     changes["updated_at"] = max(utcnow(), current.updated_at + timedelta(microseconds=1))
     updated = (
-        await session.execute(update(t).where(t.c.id == task_id).values(**changes).returning(*TASK_COLUMNS))
+        await connection.execute(update(t).where(t.c.id == task_id).values(**changes).returning(*TASK_COLUMNS))
     ).one()
     await session.commit()
     return _to_tasks([updated])[0]
