@@ -42,5 +42,6 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ['PORT']}/health\", timeout=2)"]
 
 # The metrics directory is emptied at each start: stale files from a previous run would add up.
-# Proxy headers are trusted only from FORWARDED_ALLOW_IPS; no Server header; the app logs each request itself.
-CMD ["sh", "-c", "rm -rf \"$PROMETHEUS_MULTIPROC_DIR\" && mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\" && exec uvicorn backend.main:app --host 0.0.0.0 --port \"$PORT\" --workers \"$WEB_CONCURRENCY\" --proxy-headers --forwarded-allow-ips \"$FORWARDED_ALLOW_IPS\" --no-server-header --no-access-log"]
+# The app applies proxy headers itself (trusted only from FORWARDED_ALLOW_IPS, whatever server runs it),
+# so uvicorn's copy of that middleware is off; no Server header; the app logs each request itself.
+CMD ["sh", "-c", "rm -rf \"$PROMETHEUS_MULTIPROC_DIR\" && mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\" && exec uvicorn backend.main:app --host 0.0.0.0 --port \"$PORT\" --workers \"$WEB_CONCURRENCY\" --no-proxy-headers --no-server-header --no-access-log"]

@@ -26,7 +26,7 @@ $(ASSET_STAMP): package.json package-lock.json scripts/explorer-assets.sh
 
 run: install
 	@$(PY) -m backend.dev_banner --url http://127.0.0.1:$(PORT)
-	$(VENV)/bin/uvicorn backend.main:app --host 127.0.0.1 --port $(PORT) --no-server-header --no-access-log
+	$(VENV)/bin/uvicorn backend.main:app --host 127.0.0.1 --port $(PORT) --no-server-header --no-proxy-headers --no-access-log
 
 token: install
 	@$(PY) -m backend.dev_token $(TOKEN_USER)

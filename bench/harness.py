@@ -270,6 +270,7 @@ class Server:
             "--loop=uvloop",
             "--http=httptools",
             "--no-server-header",
+            "--no-proxy-headers",  # the app applies them itself
             "--no-access-log",
             "--log-level=warning",
             "--lifespan=on",
