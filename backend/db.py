@@ -25,6 +25,8 @@ _SSL_PARAMS = ("sslmode", "ssl")
 _DROPPED_PARAMS = ("channel_binding", "pgbouncer", "connect_timeout")
 _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _SSL_ALIASES = {"true": "require", "1": "require", "false": "disable", "0": "disable"}
+_AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
+AUTOCOMMIT_READS = "todo_autocommit_reads"  # an engine option: may reads skip BEGIN and ROLLBACK?
 _SCHEMA_LOCK_ID = 727_274_001  # pg_advisory_xact_lock key: one instance creates the schema at a time
 
 
@@ -120,7 +122,13 @@ def create_engine(settings: Settings) -> AsyncEngine:
     if url.drivername == "sqlite+aiosqlite":
         # One connection: SQLite has one writer at a time, and a deferred transaction that
         # later writes fails with "database is locked" instead of waiting.
-        engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=settings.db_pool_timeout)
+        engine = create_async_engine(
+            url,
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=settings.db_pool_timeout,
+            execution_options={AUTOCOMMIT_READS: True},
+        )
         _register_sqlite_hooks(engine)
         return engine
     engine = create_async_engine(
@@ -130,6 +138,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_timeout=settings.db_pool_timeout,
         pool_recycle=settings.db_pool_recycle,
         connect_args=_postgres_connect_args(settings),
+        # Behind PgBouncer's transaction pooling, a statement outside a transaction may be
+        # prepared on one server connection and executed on another: reads keep their BEGIN there.
+        execution_options={AUTOCOMMIT_READS: not is_pgbouncer(settings.database_url, settings)},
     )
     _discard_dead_connections(engine)
     return engine
@@ -204,8 +215,6 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
-_AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
-
 
 @asynccontextmanager
 async def read_only(session: AsyncSession) -> AsyncIterator[AsyncConnection]:
@@ -220,7 +229,8 @@ async def read_only(session: AsyncSession) -> AsyncIterator[AsyncConnection]:
         return
     # Straight from the engine's pool: a read needs none of the ORM session's transaction bookkeeping.
     async with session.bind.connect() as connection:
-        await connection.execution_options(**_AUTOCOMMIT)
+        if session.bind.get_execution_options().get(AUTOCOMMIT_READS):
+            await connection.execution_options(**_AUTOCOMMIT)
         yield connection
 
 

@@ -2,7 +2,7 @@
 
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.auth import Principal
@@ -59,19 +59,18 @@ async def get_me(session: AsyncSession, principal: Principal) -> UserPublic:
     return me
 
 
+_USERS_BY_ID = select(users_table.c.id, users_table.c.email, users_table.c.name).where(
+    users_table.c.id.in_(bindparam("ids", expanding=True))
+)
+
+
 async def load_users(session: AsyncSession, principal: Principal, user_ids: Sequence[str]) -> list[UserPublic | None]:
     """Users by id in key order (DataLoader contract); anyone but the caller is invisible."""
     visible = {user_id for user_id in user_ids if user_id == principal.user_id}
     found: dict[str, UserPublic] = {}
     if visible:
-        async with read_only(session):
-            rows = (
-                await session.execute(
-                    select(users_table.c.id, users_table.c.email, users_table.c.name).where(
-                        users_table.c.id.in_(visible)
-                    )
-                )
-            ).all()
+        async with read_only(session) as connection:
+            rows = (await connection.execute(_USERS_BY_ID, {"ids": list(visible)})).all()
         for row in rows:
             email = None if row.email == placeholder_email(row.id) else row.email
             found[row.id] = UserPublic(id=row.id, email=email or principal.email, name=row.name)
