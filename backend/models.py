@@ -213,25 +213,48 @@ _BACKFILL_TASK_COUNTS = """
 INSERT INTO task_counts (user_id, total, completed)
 SELECT user_id, count(*), sum(CASE WHEN completed THEN 1 ELSE 0 END) FROM tasks GROUP BY user_id
 """
+# PostgreSQL: statement-level triggers with transition tables, so a bulk load (COPY, a seed script)
+# updates each user's counts once per statement instead of once per row.
 _POSTGRES_COUNT_TRIGGER = (
     """
 CREATE OR REPLACE FUNCTION task_counts_follow() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP IN ('DELETE', 'UPDATE') THEN
-        UPDATE task_counts SET total = total - 1, completed = completed - OLD.completed::int
-        WHERE user_id = OLD.user_id;
-    END IF;
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        INSERT INTO task_counts (user_id, total, completed) VALUES (NEW.user_id, 1, NEW.completed::int)
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO task_counts (user_id, total, completed)
+        SELECT user_id, count(*), count(*) FILTER (WHERE completed) FROM new_rows GROUP BY user_id
         ON CONFLICT (user_id) DO UPDATE
-        SET total = task_counts.total + 1, completed = task_counts.completed + EXCLUDED.completed;
+        SET total = task_counts.total + EXCLUDED.total, completed = task_counts.completed + EXCLUDED.completed;
+    ELSIF TG_OP = 'DELETE' THEN
+        UPDATE task_counts
+        SET total = task_counts.total - gone.total, completed = task_counts.completed - gone.completed
+        FROM (SELECT user_id, count(*) AS total, count(*) FILTER (WHERE completed) AS completed
+              FROM old_rows GROUP BY user_id) AS gone
+        WHERE task_counts.user_id = gone.user_id;
+    ELSE
+        INSERT INTO task_counts (user_id, total, completed)
+        SELECT user_id, sum(total), sum(completed) FROM (
+            SELECT user_id, -1 AS total, -completed::int AS completed FROM old_rows
+            UNION ALL
+            SELECT user_id, 1, completed::int FROM new_rows
+        ) AS changes
+        GROUP BY user_id HAVING sum(total) <> 0 OR sum(completed) <> 0
+        ON CONFLICT (user_id) DO UPDATE
+        SET total = task_counts.total + EXCLUDED.total, completed = task_counts.completed + EXCLUDED.completed;
     END IF;
     RETURN NULL;
 END $$
 """,
     """
-CREATE OR REPLACE TRIGGER tasks_counted AFTER INSERT OR DELETE OR UPDATE OF completed, user_id ON tasks
-FOR EACH ROW EXECUTE FUNCTION task_counts_follow()
+CREATE OR REPLACE TRIGGER tasks_counted_insert AFTER INSERT ON tasks
+REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION task_counts_follow()
+""",
+    """
+CREATE OR REPLACE TRIGGER tasks_counted_update AFTER UPDATE ON tasks
+REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION task_counts_follow()
+""",
+    """
+CREATE OR REPLACE TRIGGER tasks_counted_delete AFTER DELETE ON tasks
+REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION task_counts_follow()
 """,
 )
 _SQLITE_COUNT_TRIGGERS = (

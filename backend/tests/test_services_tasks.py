@@ -290,8 +290,14 @@ async def test_totals_follow_every_write_including_other_tools(session: AsyncSes
     assert await totals(session) == {"all": 3, "pending": 1, "completed": 2}
     assert await totals(session, priority="high") == {"all": 1, "pending": 0, "completed": 1}
     assert await totals(session, BOB) == {"all": 1, "pending": 1, "completed": 0}
+    await session.execute(text("UPDATE tasks SET title = 'renamed'"))  # touches no count
+    await session.execute(text("UPDATE tasks SET completed = NOT completed"))  # both users, one statement
+    assert await totals(session) == {"all": 3, "pending": 2, "completed": 1}
+    assert await totals(session, BOB) == {"all": 1, "pending": 0, "completed": 1}
     await session.execute(text("DELETE FROM tasks WHERE user_id = 'alice'"))
     assert await totals(session) == {"all": 0, "pending": 0, "completed": 0}
+    await session.execute(text("INSERT INTO tasks (user_id, title) SELECT user_id, title FROM tasks"))  # bulk copy
+    assert await totals(session, BOB) == {"all": 2, "pending": 1, "completed": 1}
 
 
 async def test_deep_pages_follow_the_same_order(session: AsyncSession) -> None:
