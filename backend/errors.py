@@ -7,17 +7,19 @@ from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from backend.observability import REQUEST_ID_HEADER, request_id_bound, request_id_of
 
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_DB_SECONDS = 5
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request the client abandoned; it never reaches anyone
 
 
 class DomainError(Exception):
@@ -200,7 +202,14 @@ async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _handle_client_disconnect(request: Request, _exc: Exception) -> Response:
+    # The client went away while its body was read: nothing to answer, nothing went wrong here.
+    logger.debug("client disconnected during %s %s", request.method, request.url.path)
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
 def register_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ClientDisconnect, _handle_client_disconnect)
     app.add_exception_handler(DomainError, _handle_domain_error)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)

@@ -343,3 +343,38 @@ async def test_unknown_route_is_json_404(client: httpx.AsyncClient) -> None:
     response = await client.get("/api/nothing/here", headers=ALICE)
     assert response.status_code == 404
     assert response.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/api/tasks", "/graphql"])
+async def test_a_client_leaving_mid_body_is_no_server_error(
+    app: Any, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    sent: list[dict[str, Any]] = []
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", b"application/json"),
+            (b"authorization", ALICE["Authorization"].encode()),
+        ],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    assert sent[0]["status"] in (400, 499)  # FastAPI answers any failed body read with a 400 itself
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]
