@@ -1,6 +1,7 @@
 """One measured case (wrk under load, with the CPU each party spent) and the sequential probes."""
 
 import asyncio
+import functools
 import http.client
 import json
 import resource
@@ -27,16 +28,17 @@ def measure_case(
     """Warm up, then one wrk run; CPU per request of the workers, PostgreSQL and wrk, and load."""
     settings = env.settings
     quiet_before = wait_for_quiet(settings)  # before the warm-up, so that no idle pause follows it
+    load = functools.partial(
+        run_wrk,
+        server.base_url,
+        request,
+        env.tokens_file,
+        connections=connections,
+        timeout_seconds=settings.timeout,
+        threads=settings.threads,
+    )
     if warmup and settings.warmup > 0:
-        run_wrk(
-            server.base_url,
-            request,
-            env.tokens_file,
-            connections=connections,
-            seconds=settings.warmup,
-            timeout_seconds=settings.timeout,
-            threads=settings.threads,
-        )
+        load(seconds=settings.warmup)
     workers = server.worker_pids()
     backends, sessions_before = postgres_backends(env)
     load_before = proc.load_average()
@@ -46,15 +48,7 @@ def measure_case(
     wrk_cpu = _children_cpu()
     machine = proc.machine_cpu()
     started = time.monotonic()
-    result = run_wrk(
-        server.base_url,
-        request,
-        env.tokens_file,
-        connections=connections,
-        seconds=settings.duration,
-        timeout_seconds=settings.timeout,
-        threads=settings.threads,
-    )
+    result = load(seconds=settings.duration)
     wall = time.monotonic() - started
     machine_after = proc.machine_cpu()
     worker_cpu = sum(proc.cpu_seconds(pid) for pid in workers) - worker_cpu
