@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ASSET_STAMP := .assets/.installed-stamp
 PORT ?= 8000
-TOKEN_USER := $(or $(USER_ID),$(USER),alice)
+# `make token USER=bob`; the login name in the environment's USER is not taken (a plain `make token` is alice's).
+TOKEN_USER := $(or $(USER_ID),$(if $(filter command line,$(origin USER)),$(USER)),alice)
 
 .PHONY: install run test lint typecheck pytest token schema bench bench-profile clean
 

@@ -1,4 +1,4 @@
-"""The README stays true: its configuration table matches the settings, its fetch example runs."""
+"""The README stays true: the configuration table, the fetch example, `make token`."""
 
 import json
 import os
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
 from backend.config import Settings
@@ -79,3 +80,27 @@ def test_the_fetch_example_reads_the_list_headers(node: str, server: str, tmp_pa
     assert [task["title"] for task in page["tasks"]] == ["Task 2", "Task 1"]
     assert "page=2" in page["next"]
     assert page["prev"] is None
+
+
+@pytest.mark.parametrize(
+    ("make_arguments", "expected_user"),
+    [
+        pytest.param([], "alice", id="default"),
+        pytest.param(["USER=bob"], "bob", id="user-on-the-command-line"),
+    ],
+)
+def test_make_token_mints_for_the_user_named_on_the_command_line(make_arguments: list[str], expected_user: str) -> None:
+    """`make token` is alice's unless USER= is given: the login name in the environment is not taken."""
+    environment = {**os.environ, "USER": "login-name"}
+    result = subprocess.run(
+        ["make", "-s", "token", *make_arguments],
+        cwd=Path(__file__).resolve().parents[2],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+
+    claims = jwt.decode(result.stdout.strip().splitlines()[-1], options={"verify_signature": False})
+    assert claims["sub"] == expected_user
