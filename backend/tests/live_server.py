@@ -39,15 +39,20 @@ def server_environment(workdir: Path, **overrides: str) -> dict[str, str]:
 
 
 @contextmanager
-def live_server(workdir: Path, *, workers: int = 1, **environment: str) -> Iterator[str]:
-    """Serve backend.main:app until the block ends; yields the base URL. Runs in `workdir` (no .env)."""
+def live_server(
+    workdir: Path, *, workers: int = 1, app: str = "backend.main:app", cwd: Path | None = None, **environment: str
+) -> Iterator[str]:
+    """Serve `app` until the block ends; yields the base URL.
+
+    Runs in `cwd` (default `workdir`, which has no .env); the log and the SQLite database live in `workdir`.
+    """
     port = free_port()
     log_path = workdir / "server.log"
-    command = [sys.executable, "-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port", str(port)]
+    command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
     command += ["--workers", str(workers), "--no-access-log"]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            command, cwd=workdir, env=server_environment(workdir, **environment), stdout=log, stderr=log
+            command, cwd=cwd or workdir, env=server_environment(workdir, **environment), stdout=log, stderr=log
         )
     base_url = f"http://127.0.0.1:{port}"
     try:

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from backend.tests.factories import TEST_SECRET, auth_headers
+from backend.tests.live_server import live_server
 from backend.tests.services_fixtures import free_port, uvicorn_server
 
 pytestmark = pytest.mark.slow
@@ -96,3 +97,15 @@ def test_chunked_body_over_the_limit_is_413_over_the_wire(base_url: str) -> None
     assert response.status_code == 413
     assert response.json()["error"] == "PAYLOAD_TOO_LARGE"
     assert response.request.headers["Transfer-Encoding"] == "chunked"
+
+
+def test_uvicorn_main_app_from_inside_backend_serves_the_api(tmp_path: Path) -> None:
+    """`cd backend && uvicorn main:app` works as well as `uvicorn backend.main:app` from the root."""
+    backend_dir = Path(__file__).resolve().parents[1]
+
+    with live_server(tmp_path, app="main:app", cwd=backend_dir) as url:
+        created = httpx.post(f"{url}/api/tasks", json={"title": "From backend/"}, headers=auth_headers("uma"))
+        listed = httpx.get(f"{url}/api/tasks", headers=auth_headers("uma"))
+
+    assert created.status_code == 201, created.text
+    assert [task["title"] for task in listed.json()] == ["From backend/"]
