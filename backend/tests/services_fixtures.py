@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI
 
+from backend.config import Settings
+
 SERVICE_USER = "postgres"
 START_TIMEOUT_SECONDS = 30.0
 FIGURES: dict[str, str] = {}  # measured by the reliability tests, printed after the run
@@ -195,17 +197,31 @@ def pgbouncer(server_host: str, server_port: int, **config: str) -> Iterator[int
             process.wait(timeout=10)
 
 
+APP_SETTING_NAMES = frozenset(name.upper() for name in Settings.model_fields)
+
+
 @contextmanager
-def uvicorn_server(env: Mapping[str, str], *, workers: int = 1, log: Path | None = None) -> Iterator[str]:
-    """The app under uvicorn as it is deployed (its own process, --no-server-header); yields its base URL."""
+def uvicorn_server(
+    env: Mapping[str, str],
+    *,
+    workers: int = 1,
+    log: Path | None = None,
+    app: str = "backend.main:app",
+    cwd: Path | None = None,
+) -> Iterator[str]:
+    """The app under uvicorn as it is deployed (its own process, --no-server-header); yields its base URL.
+
+    The app's settings come from `env` alone: none is inherited from the caller's environment.
+    """
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--workers", str(workers), "--no-server-header", "--log-level", "warning"]
+    command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--workers", str(workers), "--no-server-header", "--no-access-log", "--log-level", "warning"]
+    inherited = {name: value for name, value in os.environ.items() if name not in APP_SETTING_NAMES}
     output = log.open("wb") if log else None
-    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=output, stderr=output)
+    process = subprocess.Popen(command, cwd=cwd, env={**inherited, **env}, stdout=output, stderr=output)
     base_url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_serving(base_url, process)
+        _wait_until_serving(base_url, process, log)
         yield base_url
     finally:
         process.send_signal(signal.SIGINT)
@@ -218,13 +234,13 @@ def uvicorn_server(env: Mapping[str, str], *, workers: int = 1, log: Path | None
             output.close()
 
 
-def _wait_until_serving(base_url: str, process: subprocess.Popen[bytes]) -> None:
+def _wait_until_serving(base_url: str, process: subprocess.Popen[bytes], log: Path | None) -> None:
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"uvicorn exited with {process.returncode}")
+            raise RuntimeError(f"uvicorn exited with {process.returncode}:\n{log.read_text() if log else ''}")
         try:
-            if httpx.get(f"{base_url}/openapi.json", timeout=2).status_code == 200:
+            if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             time.sleep(0.1)
