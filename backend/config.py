@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     user_table: str = Field(default="user", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
     forwarded_allow_ips: str = "127.0.0.1"  # proxies whose X-Forwarded-For is trusted (uvicorn's syntax)
+    # Origin for absolute Location and Link URLs; empty: path-absolute references, never the Host header.
+    public_url: str = ""
 
     cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:3000"]
 
@@ -69,6 +71,16 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _origin_only(cls, value: str) -> str:
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/") or parts.query:
+            raise ValueError("PUBLIC_URL must be an origin such as https://api.example.com (no path or query)")
+        return f"{parts.scheme}://{parts.netloc}"
 
     @field_validator("log_level", mode="before")
     @classmethod

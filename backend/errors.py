@@ -4,6 +4,7 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -40,6 +41,15 @@ class DomainError(Exception):
         return {"code": self.code}
 
 
+# RFC 6750 3: error_description holds only %x20-21 / %x23-5B / %x5D-7E. Everything else, `%` included,
+# is percent-encoded (UTF-8), so text taken from a token can never break or forge the header.
+_AUTH_PARAM_SAFE = "".join(chr(code) for code in range(0x20, 0x7F) if chr(code) not in '"\\%')
+
+
+def auth_param_value(text: str) -> str:
+    return quote(text, safe=_AUTH_PARAM_SAFE)
+
+
 class Unauthenticated(DomainError):
     status_code = 401
     code = "UNAUTHENTICATED"
@@ -47,7 +57,7 @@ class Unauthenticated(DomainError):
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message)
-        description = self.message.replace("\\", "\\\\").replace('"', '\\"')
+        description = auth_param_value(self.message)
         self.headers["WWW-Authenticate"] = f'Bearer error="invalid_token", error_description="{description}"'
 
 

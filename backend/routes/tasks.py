@@ -2,7 +2,7 @@
 
 import math
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Request, Response, status
 from fastapi.exceptions import RequestValidationError
@@ -51,6 +51,21 @@ IN_FLIGHT: dict[int | str, dict[str, Any]] = {
 _TASK_LIST = TypeAdapter(list[TaskPublic])
 
 
+_PATH_SAFE = "/:@!$&'()*+,;="  # RFC 3986 pchar and "/"; unreserved characters are always kept
+
+
+def resource_url(request: Request, path: str, query: str = "") -> str:
+    """A URL for Location and Link: percent-encoded (RFC 3986), never the Host header.
+
+    Path-absolute unless PUBLIC_URL names the API's origin. `path` is decoded text, as in the scope.
+    """
+    encoded = quote(path, safe=_PATH_SAFE)
+    if encoded.startswith("//"):  # would read as a network-path reference (another host)
+        encoded = "/%2F" + encoded[2:]
+    base: str = request.app.state.settings.public_url
+    return f"{base}{encoded}?{query}" if query else f"{base}{encoded}"
+
+
 def pagination_headers(page: TaskPage, request: Request) -> dict[str, str]:
     """X-Total-Count, Content-Range and an RFC 8288 Link header for a list page."""
     start = (page.page - 1) * page.limit
@@ -61,9 +76,8 @@ def pagination_headers(page: TaskPage, request: Request) -> dict[str, str]:
         links["prev"] = min(page.page - 1, last_page)
     if page.has_next:
         links["next"] = page.page + 1
-    url = request.url
     others = urlencode([item for item in request.query_params.multi_items() if item[0] != "page"])
-    page_url = f"{url.scheme}://{url.netloc}{url.path}?{others}{'&' if others else ''}page="
+    page_url = resource_url(request, request.scope["path"], f"{others}{'&' if others else ''}page=")
     return {
         "X-Total-Count": str(page.total),
         "Content-Range": f"tasks {start}-{start + count - 1}/{page.total}" if count else f"tasks */{page.total}",
@@ -137,7 +151,7 @@ async def create_task(
 ) -> Response:
     """Create a task; `Location` points at it. Unknown and server-owned fields are ignored."""
     created = await task_service.create_task(session, principal, data, idempotency_key=idempotency_key)
-    headers = {"Location": f"{request.url.path.rstrip('/')}/{created.task.id}"}
+    headers = {"Location": resource_url(request, f"{request.scope['path'].rstrip('/')}/{created.task.id}")}
     if created.replayed:
         headers["Idempotent-Replayed"] = "true"
     return task_response(created.task, status.HTTP_201_CREATED, headers)

@@ -1,7 +1,10 @@
 """Hostile input: a clear JSON 4xx every time, nothing stored, SQL metacharacters taken literally."""
 
+import base64
 import json
+import re
 from typing import Any
+from urllib.parse import quote, unquote
 
 import httpx
 import pytest
@@ -235,3 +238,102 @@ async def test_security_headers_on_every_response(client: httpx.AsyncClient, cas
     assert response.headers["X-Frame-Options"] == "DENY"
     assert response.headers["Referrer-Policy"] == "no-referrer"
     assert "server" not in response.headers
+
+
+# --- Attacker-controlled text never breaks a response header -------------------------------------
+
+
+def unsigned_token(header: dict[str, Any], claims: dict[str, Any]) -> str:
+    def segment(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    return f"{segment(header)}.{segment(claims)}.c2ln"
+
+
+TOKEN_HEADERS = {
+    "non-Latin-1 alg": {"alg": "\u0101\u2028\U0001f600", "typ": "JWT"},
+    "quote and backslash in alg": {"alg": 'x"\\y'},
+    "header injection in alg": {"alg": "x\r\nSet-Cookie: stolen=1"},
+    "non-Latin-1 typ and kid": {"alg": "HS384", "typ": "\u20ac", "kid": "\u0101"},
+}
+
+
+def assert_printable_ascii_headers(response: httpx.Response) -> None:
+    for name, value in response.headers.raw:
+        assert all(0x20 <= byte < 0x7F for byte in value), (name, value)
+
+
+@pytest.mark.parametrize("case", TOKEN_HEADERS)
+@pytest.mark.parametrize("transport", ["rest", "graphql"])
+async def test_token_header_text_is_escaped_in_www_authenticate(
+    client: httpx.AsyncClient, case: str, transport: str
+) -> None:
+    token = unsigned_token(TOKEN_HEADERS[case], {"sub": "alice", "exp": 4_000_000_000})
+    headers = {"Authorization": f"Bearer {token}"}
+    if transport == "rest":
+        response = await client.get("/api/tasks", headers=headers)
+    else:
+        response = await client.post("/graphql", json={"query": "{ me { id } }"}, headers=headers)
+    assert response.status_code == 401, response.text
+    assert_printable_ascii_headers(response)
+    challenge = response.headers["WWW-Authenticate"]
+    assert re.fullmatch(r'Bearer error="invalid_token", error_description="[\x20\x21\x23-\x5b\x5d-\x7e]*"', challenge)
+    assert "Set-Cookie" not in response.headers
+    assert "algorithm" in unquote(challenge)
+
+
+# Ids Better Auth or a minting frontend may hand out: the API must serve them, whatever they contain.
+ODD_USER_IDS = ["J\u00fcrgen M\u00fcller", "\u7528\u6237-\u4e00", "100%?#x", "emoji\U0001f600 x", "a+b&c=d"]
+
+
+@pytest.mark.parametrize("user_id", ODD_USER_IDS)
+async def test_odd_user_ids_get_encoded_location_and_link_and_one_task_per_create(
+    client: httpx.AsyncClient, session: AsyncSession, user_id: str
+) -> None:
+    headers = auth_headers(user_id)
+    prefix = "/api/" + quote(user_id, safe="") + "/tasks"
+    created = await client.post(prefix, json={"title": "once"}, headers=headers)
+    assert created.status_code == 201, created.text
+    assert_printable_ascii_headers(created)
+    location = created.headers["Location"]
+    assert unquote(location) == f"/api/{user_id}/tasks/{created.json()['id']}"
+    assert (await client.get(location, headers=headers)).json()["title"] == "once"
+    assert await stored_tasks(session) == 1  # the create committed once and answered 201: a retry is not needed
+
+    await client.post(prefix, json={"title": "twice"}, headers=headers)
+    listed = await client.get(prefix, params={"limit": 1, "q": "\u00fc "}, headers=headers)
+    assert listed.status_code == 200, listed.text
+    assert_printable_ascii_headers(listed)
+    links = _links(listed)
+    assert set(links) == {"first", "last"}
+    assert all(unquote(url.split("?")[0]) == f"/api/{user_id}/tasks" for url in links.values())
+    full = await client.get(prefix, params={"limit": 1}, headers=headers)
+    next_page = await client.get(_link(full, "next"), headers=headers)
+    assert next_page.status_code == 200
+    assert [task["title"] for task in next_page.json()] == ["once"]
+
+
+def _links(response: httpx.Response) -> dict[str, str]:
+    return {rel: url for url, rel in re.findall(r'<([^>]*)>; rel="([a-z]+)"', response.headers["Link"])}
+
+
+def _link(response: httpx.Response, rel: str) -> str:
+    return _links(response)[rel]
+
+
+async def test_location_and_link_never_echo_the_host_header(client: httpx.AsyncClient) -> None:
+    spoofed = {**ALICE, "Host": "evil.example"}
+    created = await client.post("/api/tasks", json={"title": "x"}, headers=spoofed)
+    listed = await client.get("/api/tasks", headers=spoofed)
+    assert created.headers["Location"].startswith("/api/tasks/")
+    assert "evil.example" not in listed.headers["Link"]
+    assert _link(listed, "first") == "/api/tasks?page=1"
+
+
+@pytest.mark.parametrize("settings_overrides", [{"public_url": "https://api.example.com/"}])
+async def test_a_configured_public_url_makes_absolute_links(client: httpx.AsyncClient) -> None:
+    spoofed = {**ALICE, "Host": "evil.example"}
+    created = await client.post("/api/tasks", json={"title": "x"}, headers=spoofed)
+    listed = await client.get("/api/tasks", params={"limit": 5}, headers=spoofed)
+    assert created.headers["Location"] == f"https://api.example.com/api/tasks/{created.json()['id']}"
+    assert _link(listed, "last") == "https://api.example.com/api/tasks?limit=5&page=1"

@@ -78,6 +78,7 @@ def test_the_fetch_example_reads_the_list_headers(node: str, server: str, tmp_pa
     page = json.loads(result.stdout)
     assert page["total"] == 3
     assert [task["title"] for task in page["tasks"]] == ["Task 2", "Task 1"]
+    assert page["next"].startswith(f"{server}/api/tasks?")  # the relative Link, resolved against the API's URL
     assert "page=2" in page["next"]
     assert page["prev"] is None
 
