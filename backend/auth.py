@@ -5,7 +5,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 import httpx
@@ -16,6 +15,7 @@ from fastapi.security import HTTPBearer
 
 from backend.config import Settings
 from backend.errors import DomainError, ServiceUnavailable, Unauthenticated
+from backend.principal import Principal, is_reserved_email
 from backend.rate_limit import enforce_rate_limit
 
 logger = logging.getLogger(__name__)
@@ -27,15 +27,6 @@ MAX_ID_LENGTH = 255
 
 # Registers the scheme in OpenAPI (Swagger's "Authorize" button); the check itself is `authenticate`.
 bearer_scheme = HTTPBearer(auto_error=False, description="A Better Auth JWT: `Authorization: Bearer <token>`")
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """The authenticated caller. Every service call is scoped to `user_id`."""
-
-    user_id: str
-    email: str | None = None
-    name: str | None = None
 
 
 def _text_claim(raw: Any, max_length: int = MAX_ID_LENGTH) -> str | None:
@@ -68,6 +59,8 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
     if user_id is None:
         raise Unauthenticated("Token carries no usable user id (sub)")
     email = _text_claim(claims.get("email"), 320) or _text_claim(user.get("email"), 320)
+    if email is not None and is_reserved_email(email):
+        email = None  # the placeholder domain belongs to the API: a token cannot take an address there
     name = _text_claim(claims.get("name")) or _text_claim(user.get("name"))
     return Principal(user_id=user_id, email=email, name=name)
 

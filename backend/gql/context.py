@@ -9,10 +9,11 @@ from fastapi import Depends
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.fastapi import BaseContext
 
-from backend.auth import OptionalPrincipalDep, Principal
+from backend.auth import OptionalPrincipalDep
 from backend.db import SessionDep
 from backend.errors import Unauthenticated
 from backend.gql.loaders import UserLoader, UserTasksLoader
+from backend.principal import Principal
 
 
 class Context(BaseContext):

@@ -12,7 +12,6 @@ from sqlalchemy import ColumnElement, Integer, Row, Select, Text, bindparam, del
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.auth import Principal
 from backend.db import insert_ignoring_conflicts, read_only
 from backend.errors import Conflict, Forbidden, InvalidInput, NotFound, PreconditionFailed
 from backend.models import (
@@ -28,6 +27,7 @@ from backend.models import (
     tasks_table,
     utcnow,
 )
+from backend.principal import Principal
 from backend.services import users as user_service
 from backend.sql_functions import contains_ignoring_case, has_tag, unicode_lower
 

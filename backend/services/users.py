@@ -1,35 +1,43 @@
 """The caller's user row: read it, and create it just in time when Better Auth keeps users elsewhere."""
 
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.auth import Principal
 from backend.db import insert_ignoring_conflicts, read_only
-from backend.errors import Forbidden
+from backend.errors import Forbidden, ServiceUnavailable
 from backend.models import User, UserPublic, utcnow
+from backend.principal import PLACEHOLDER_EMAIL_DOMAIN, Principal, is_reserved_email
 
 users_table = User.__table__  # type: ignore[attr-defined]
-PLACEHOLDER_EMAIL_DOMAIN = "users.invalid"  # RFC 2606: can never be a real address
+PLACEHOLDER_ATTEMPTS = 3
 
 
-def placeholder_email(user_id: str) -> str:
-    return f"{user_id}@{PLACEHOLDER_EMAIL_DOMAIN}"
+def placeholder_email() -> str:
+    """A fresh address nobody can hold: tokens may not claim the reserved domain, and it is random."""
+    return f"user-{uuid.uuid4().hex}@{PLACEHOLDER_EMAIL_DOMAIN}"
+
+
+def _candidate_emails(principal: Principal) -> Iterator[str]:
+    if principal.email is not None:
+        yield principal.email
+    for _ in range(PLACEHOLDER_ATTEMPTS):
+        yield placeholder_email()
 
 
 async def ensure_user(session: AsyncSession, principal: Principal) -> None:
     """Make sure `tasks.user_id` can reference the caller; never touches an existing row.
 
     Runs inside the caller's transaction. A concurrent insert of the same id waits on the
-    primary key and then does nothing; an e-mail already taken by another account falls
-    back to a placeholder, since "user".email is unique.
+    primary key and then does nothing. "user".email is unique, so an e-mail already held by
+    another account (whoever claimed it first) falls back to a random placeholder: no claim of
+    one account can keep another from being provisioned.
     """
     if await _user_exists(session, principal.user_id):
         return
-    for email in (principal.email, placeholder_email(principal.user_id)):
-        if email is None:
-            continue
+    for email in _candidate_emails(principal):
         now = utcnow()
         await session.execute(
             insert_ignoring_conflicts(session, users_table).values(
@@ -43,7 +51,7 @@ async def ensure_user(session: AsyncSession, principal: Principal) -> None:
         )
         if await _user_exists(session, principal.user_id):
             return
-    raise RuntimeError(f"could not provision user row for {principal.user_id!r}")
+    raise ServiceUnavailable("Could not set up your account's record; retry shortly", retry_after=1)
 
 
 async def _user_exists(session: AsyncSession, user_id: str) -> bool:
@@ -72,7 +80,7 @@ async def load_users(session: AsyncSession, principal: Principal, user_ids: Sequ
         async with read_only(session) as connection:
             rows = (await connection.execute(_USERS_BY_ID, {"ids": list(visible)})).all()
         for row in rows:
-            email = None if row.email == placeholder_email(row.id) else row.email
+            email = None if is_reserved_email(row.email) else row.email
             found[row.id] = UserPublic(id=row.id, email=email or principal.email, name=row.name)
         for user_id in visible - found.keys():
             found[user_id] = UserPublic(id=user_id, email=principal.email, name=principal.name)

@@ -5,8 +5,9 @@ from typing import Any
 import httpx
 import pytest
 
-from backend.auth import Principal, principal_from_claims
+from backend.auth import principal_from_claims
 from backend.errors import Unauthenticated
+from backend.principal import Principal
 from backend.tests.factories import make_token
 
 USER = "u" * 32

@@ -8,7 +8,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from backend.db import create_engine, create_schema
-from backend.services import users as user_service
 from backend.tests.conftest import create_scratch_database, drop_scratch_database, make_settings
 from backend.tests.factories import create_task, principal
 
@@ -73,15 +72,6 @@ async def test_jit_user_never_alters_an_existing_row(session: AsyncSession) -> N
     await create_task(session, principal("ba-user", email="changed@example.com", name="Changed"))
     row = (await session.execute(text("SELECT name, email FROM \"user\" WHERE id = 'ba-user'"))).one()
     assert (row.name, row.email) == ("Raw", "original@example.com")
-
-
-async def test_jit_user_gets_placeholders(session: AsyncSession) -> None:
-    await user_service.ensure_user(session, principal("anon", email=None, name=None).__class__(user_id="anon"))
-    row = (await session.execute(text("SELECT name, email FROM \"user\" WHERE id = 'anon'"))).one()
-    assert row.email == "anon@users.invalid"
-    assert row.name == "anon"
-    me = await user_service.get_me(session, principal("anon").__class__(user_id="anon"))
-    assert me.email is None
 
 
 BETTER_AUTH_USER_DDL = """

@@ -1,18 +1,25 @@
 """Hostile input: a clear JSON 4xx every time, nothing stored, SQL metacharacters taken literally."""
 
+import asyncio
 import base64
 import json
 import re
+import uuid
 from typing import Any
 from urllib.parse import quote, unquote
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.main import create_app
 from backend.models import tasks_table
+from backend.principal import PLACEHOLDER_EMAIL_DOMAIN
+from backend.services.users import users_table
+from backend.tests.conftest import make_settings
 from backend.tests.factories import auth_headers
+from backend.tests.services_fixtures import serving
 
 JSON = {"Content-Type": "application/json"}
 HUGE = "9" * 40
@@ -337,3 +344,33 @@ async def test_a_configured_public_url_makes_absolute_links(client: httpx.AsyncC
     listed = await client.get("/api/tasks", params={"limit": 5}, headers=spoofed)
     assert created.headers["Location"] == f"https://api.example.com/api/tasks/{created.json()['id']}"
     assert _link(listed, "last") == "https://api.example.com/api/tasks?limit=5&page=1"
+
+
+# --- Provisioning: nobody can keep another account from its first request -------------------------
+
+
+async def test_no_claim_of_one_account_blocks_another_first_request(database_url: str) -> None:
+    """Attackers claim the victim's e-mail and placeholder address, first and then concurrently."""
+    victim_id = f"victim-{uuid.uuid4().hex[:8]}"
+    victim = auth_headers(victim_id, email=f"{victim_id}@example.com")
+    claimed = [f"{victim_id}@example.com", f"{victim_id}@{PLACEHOLDER_EMAIL_DOMAIN}", f"{victim_id}@USERS.invalid"]
+    attackers = [auth_headers(f"mallory-{uuid.uuid4().hex[:8]}", email=email) for email in claimed * 3]
+    app = create_app(make_settings(database_url))
+    try:
+        async with serving(app) as client:
+
+            async def create(headers: dict[str, str]) -> int:
+                return (await client.post("/api/tasks", json={"title": "mine"}, headers=headers)).status_code
+
+            assert await asyncio.gather(*(create(headers) for headers in attackers[:3])) == [201] * 3
+            statuses = await asyncio.gather(*(create(headers) for headers in [victim, *attackers[3:], victim]))
+            assert statuses == [201] * 8
+            me = await client.get("/api/me", headers=victim)
+            assert (me.json()["id"], me.json()["email"]) == (victim_id, f"{victim_id}@example.com")
+            listed = await client.get("/api/tasks", headers=victim)
+            assert [task["title"] for task in listed.json()] == ["mine", "mine"]
+    finally:
+        async with serving(app):  # the app's own engine, to clean up what these requests committed
+            async with app.state.engine.begin() as connection:
+                await connection.execute(delete(users_table).where(users_table.c.id.like("victim-%")))
+                await connection.execute(delete(users_table).where(users_table.c.id.like("mallory-%")))

@@ -7,9 +7,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.auth import Principal
 from backend.errors import Forbidden, InvalidInput, NotFound, PreconditionFailed
 from backend.models import TaskCreate, TaskListQuery, TaskUpdate, tasks_table
+from backend.principal import Principal
 from backend.services import tasks as task_service
 from backend.services import users as user_service
 from backend.tests.factories import create_task, principal

@@ -4,12 +4,14 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from backend.auth import Principal, principal_from_claims
+from backend.auth import principal_from_claims
+from backend.principal import PLACEHOLDER_EMAIL_DOMAIN, Principal, is_reserved_email
 from backend.services import users as user_service
-from backend.services.users import placeholder_email, users_table
+from backend.services.users import users_table
 
 BETTER_AUTH_ROW: dict[str, Any] = {
     "id": "B" * 32,
@@ -49,7 +51,8 @@ async def test_missing_name_and_email_get_placeholders(session: AsyncSession) ->
     await user_service.ensure_user(session, Principal("u4", email="four@example.com"))
     three, four = await user_row(session, "u3"), await user_row(session, "u4")
     assert three is not None
-    assert (three["name"], three["email"]) == ("u3", placeholder_email("u3"))
+    assert three["name"] == "u3"
+    assert three["email"].endswith(f"@{PLACEHOLDER_EMAIL_DOMAIN}")
     assert four is not None
     assert (four["name"], four["email"]) == ("four", "four@example.com")
     assert (await user_service.get_me(session, Principal("u3"))).email is None
@@ -60,7 +63,9 @@ async def test_an_email_taken_by_another_user_falls_back_to_a_placeholder(sessio
     await user_service.ensure_user(session, Principal("u5", email="owner@example.com", name="Five"))
     row = await user_row(session, "u5")
     assert row is not None
-    assert (row["name"], row["email"]) == ("Five", placeholder_email("u5"))
+    assert row["name"] == "Five"
+    assert row["email"].endswith(f"@{PLACEHOLDER_EMAIL_DOMAIN}")
+    assert (await user_service.get_me(session, Principal("u5", email="owner@example.com"))).email == "owner@example.com"
     assert await user_row(session, BETTER_AUTH_ROW["id"]) == BETTER_AUTH_ROW
 
 
@@ -90,3 +95,21 @@ async def test_concurrent_first_requests_create_one_row(engine: AsyncEngine) -> 
         async with sessions() as session:
             await session.execute(delete(users_table).where(users_table.c.id == newcomer.user_id))
             await session.commit()
+
+
+@pytest.mark.parametrize(
+    "email", ["victim@users.invalid", "VICTIM@Users.Invalid", "x@anything.invalid", "x@users.invalid."]
+)
+def test_a_token_cannot_claim_an_address_in_the_reserved_domain(email: str) -> None:
+    assert is_reserved_email(email)
+    assert principal_from_claims({"sub": "mallory", "email": email}).email is None
+    assert principal_from_claims({"sub": "m", "user": {"email": email}}).email is None
+
+
+async def test_placeholders_are_never_the_same_twice(session: AsyncSession) -> None:
+    for user_id in ("p1", "p2"):
+        await user_service.ensure_user(session, Principal(user_id))
+    first, second = await user_row(session, "p1"), await user_row(session, "p2")
+    assert first is not None
+    assert second is not None
+    assert first["email"] != second["email"]
