@@ -28,6 +28,11 @@ class Context(BaseContext):
         self.user_tasks = UserTasksLoader(self)
 
     @property
+    def anonymous(self) -> bool:
+        """No Authorization header at all: only introspection may run."""
+        return self._principal is None
+
+    @property
     def principal(self) -> Principal:
         """The caller; anonymous requests may only introspect."""
         if self._principal is None:

@@ -286,3 +286,106 @@ async def test_mutations_are_refused_over_get(client: httpx.AsyncClient) -> None
     )
     assert response.status_code in (400, 405)
     assert (await gql(client, "{ tasks { total } }"))["data"]["tasks"]["total"] == 0
+
+
+# --- Order of answers: authentication first, nothing enumerated, never INTERNAL -----------------
+
+ANONYMOUS_DOCUMENTS = {
+    "invalid input": 'mutation { createTask(input: {title: "   "}) { id } }',
+    "bad argument": "{ tasks(limit: 0) { total } }",
+    "unknown field": "{ tsk { id } }",
+    "syntax error": "{ tasks { total ",
+    "unknown variable type": "query($x: Nope) { tasks { total } }",
+    "data next to introspection": "{ __typename tasks { total } }",
+    "data in a fragment": "query { ...F } fragment F on Query { __typename me { id } }",
+}
+
+
+@pytest.mark.parametrize("case", ANONYMOUS_DOCUMENTS)
+async def test_without_a_token_everything_but_introspection_is_401_first(client: httpx.AsyncClient, case: str) -> None:
+    response = await client.post("/graphql", json={"query": ANONYMOUS_DOCUMENTS[case]})
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
+    assert error_code(response.json()) == "UNAUTHENTICATED"
+    assert (await gql(client, "{ tasks { total } }"))["data"]["tasks"]["total"] == 0
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "{ __typename }",
+        "query Docs { ...F } fragment F on Query { __schema { queryType { name } } }",
+        '{ __type(name: "Task") { name } ... on Query { __typename } }',
+    ],
+)
+async def test_without_a_token_introspection_still_runs(client: httpx.AsyncClient, query: str) -> None:
+    response = await client.post("/graphql", json={"query": query})
+    assert response.status_code == 200, response.text
+    assert "errors" not in response.json()
+
+
+SUGGESTIVE = {
+    "field": ("{ tsk { id } }", None),
+    "argument": ("{ tasks(sortt: TITLE) { total } }", None),
+    "enum literal": ("{ tasks(status: PENDIN) { total } }", None),
+    "enum variable": ("query($s: TaskStatus!) { tasks(status: $s) { total } }", {"s": "PENDIN"}),
+    "input field": ('mutation { createTask(input: {titel: "x"}) { id } }', None),
+    "type": ("query($s: TaskStatu) { tasks { total } }", None),
+}
+
+
+@pytest.mark.parametrize("settings_overrides", [{"graphql_introspection": False}, {"graphql_introspection": True}])
+@pytest.mark.parametrize("case", SUGGESTIVE)
+async def test_suggestions_only_while_introspection_is_on(
+    client: httpx.AsyncClient, settings_overrides: dict[str, Any], case: str
+) -> None:
+    query, variables = SUGGESTIVE[case]
+    body = await gql(client, query, variables, expected_status=400)
+    messages = " ".join(error["message"] for error in body["errors"])
+    assert ("Did you mean" in messages) is settings_overrides["graphql_introspection"], messages
+
+
+def _sample_value(type_name: str) -> str:
+    return {"Int": "1", "ID": '"1"', "String": '"x"', "Boolean": "true", "CreateTaskInput": '{title: "x"}'}.get(
+        type_name, "{}"
+    )
+
+
+def _null_argument_documents() -> list[Any]:
+    """For every argument of every field: the field called with that argument as a variable sent null."""
+    from graphql import get_named_type, is_non_null_type, is_object_type
+
+    from backend.gql.schema import schema
+
+    graphql_schema = schema._schema
+    documents = []
+    for root, operation in ((graphql_schema.query_type, "query"), (graphql_schema.mutation_type, "mutation")):
+        assert root is not None
+        for field_name, field in root.fields.items():
+            owners = [("", field_name, field)]
+            if field_name == "me":  # reach User.tasks too
+                user_type = get_named_type(field.type)
+                assert is_object_type(user_type)
+                owners = [("me ", name, nested) for name, nested in user_type.fields.items() if nested.args]
+            for prefix, name, owner_field in owners:
+                selection = "" if not is_object_type(get_named_type(owner_field.type)) else "{ __typename }"
+                for arg_name, arg in owner_field.args.items():
+                    nullable = str(arg.type.of_type) if is_non_null_type(arg.type) else str(arg.type)
+                    others = [
+                        f"{other}: {_sample_value(str(get_named_type(other_arg.type)))}"
+                        for other, other_arg in owner_field.args.items()
+                        if other != arg_name and is_non_null_type(other_arg.type) and other_arg.default_value is None
+                    ]
+                    arguments = ", ".join([f"{arg_name}: $v", *others])
+                    call = f"{name}({arguments}) {selection}"
+                    body = f"{prefix}{{ {call} }}" if prefix else call
+                    documents.append(pytest.param(f"{operation}($v: {nullable}) {{ {body} }}", id=f"{name}.{arg_name}"))
+    return documents
+
+
+@pytest.mark.parametrize("query", _null_argument_documents())
+async def test_a_null_variable_is_never_internal(client: httpx.AsyncClient, query: str) -> None:
+    response = await client.post("/graphql", json={"query": query, "variables": {"v": None}}, headers=ALICE)
+    assert response.status_code in (200, 400), response.text
+    codes = {error["extensions"]["code"] for error in response.json().get("errors", [])}
+    assert "INTERNAL" not in codes, response.text
