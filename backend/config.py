@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:3000"]
 
     rate_limit: str = "120/minute"
+    task_quota: int = Field(default=10_000, ge=1)  # most tasks one user may have
     redis_url: str | None = None
 
     graphql_introspection: bool | None = None  # None: on in development, off elsewhere

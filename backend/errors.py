@@ -67,6 +67,12 @@ class Forbidden(DomainError):
     default_message = "You may only access your own tasks"
 
 
+class QuotaExceeded(DomainError):
+    status_code = 403
+    code = "QUOTA_EXCEEDED"
+    default_message = "Task quota reached: delete tasks before creating more"
+
+
 class NotFound(DomainError):
     status_code = 404
     code = "NOT_FOUND"
@@ -256,7 +262,7 @@ def _documented(description: str, model: type[BaseModel] = ErrorResponse) -> dic
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _documented("Malformed request: a body that is not JSON, a path or query string that is not UTF-8"),
     401: _documented("Missing, malformed, expired or otherwise invalid bearer token"),
-    403: _documented("The user id in the path is not yours"),
+    403: _documented("The user id in the path is not yours; or, creating a task, the task quota is reached"),
     404: _documented("No such task, or not yours"),
     413: _documented("Request body over 64 KiB"),
     422: _documented("Invalid input", ValidationErrorResponse),

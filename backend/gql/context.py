@@ -5,11 +5,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.fastapi import BaseContext
 
 from backend.auth import OptionalPrincipalDep
+from backend.config import Settings
 from backend.db import SessionDep
 from backend.errors import Unauthenticated
 from backend.gql.loaders import UserLoader, UserTasksLoader
@@ -17,8 +18,9 @@ from backend.principal import Principal
 
 
 class Context(BaseContext):
-    def __init__(self, session: AsyncSession, principal: Principal | None) -> None:
+    def __init__(self, session: AsyncSession, principal: Principal | None, settings: Settings) -> None:
         super().__init__()
+        self.settings = settings
         self._session = session
         # Sibling fields resolve concurrently and an AsyncSession runs one statement at a time.
         self._session_lock = asyncio.Lock()
@@ -57,8 +59,10 @@ class Context(BaseContext):
             self._closed = True
 
 
-async def _open_context(session: SessionDep, principal: OptionalPrincipalDep) -> AsyncIterator[Context]:
-    context = Context(session, principal)
+async def _open_context(
+    request: Request, session: SessionDep, principal: OptionalPrincipalDep
+) -> AsyncIterator[Context]:
+    context = Context(session, principal, request.app.state.settings)
     try:
         yield context
     finally:

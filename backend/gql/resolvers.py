@@ -53,7 +53,9 @@ class Mutation:
     ) -> TaskType:
         data = validated(TaskCreate, provided_fields(input))
         async with info.context.db() as session:
-            created = await task_service.create_task(session, info.context.principal, data)
+            created = await task_service.create_task(
+                session, info.context.principal, data, quota=info.context.settings.task_quota
+            )
         return TaskType.from_model(created.task)
 
     @strawberry.mutation(description="Change any subset of a task's fields. NOT_FOUND if it is not yours.")

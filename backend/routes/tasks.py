@@ -150,7 +150,8 @@ async def create_task(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Create a task; `Location` points at it. Unknown and server-owned fields are ignored."""
-    created = await task_service.create_task(session, principal, data, idempotency_key=idempotency_key)
+    quota = request.app.state.settings.task_quota
+    created = await task_service.create_task(session, principal, data, quota=quota, idempotency_key=idempotency_key)
     headers = {"Location": resource_url(request, f"{request.scope['path'].rstrip('/')}/{created.task.id}")}
     if created.replayed:
         headers["Idempotent-Replayed"] = "true"

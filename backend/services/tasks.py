@@ -8,12 +8,25 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import TypeAdapter
-from sqlalchemy import ColumnElement, Integer, Row, Select, Text, bindparam, delete, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Insert,
+    Integer,
+    Row,
+    Select,
+    Text,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.db import insert_ignoring_conflicts, read_only
-from backend.errors import Conflict, Forbidden, InvalidInput, NotFound, PreconditionFailed
+from backend.errors import Conflict, Forbidden, InvalidInput, NotFound, PreconditionFailed, QuotaExceeded
 from backend.models import (
     IdempotencyKey,
     SortOrder,
@@ -230,21 +243,58 @@ async def get_task(session: AsyncSession, principal: Principal, task_id: int) ->
 # --- Writing ---------------------------------------------------------------------------------
 
 
-_INSERT_TASK = t.insert().returning(*TASK_COLUMNS)
+def _insert_within_quota() -> Insert:
+    """INSERT ... SELECT the new row only while the owner has fewer than `quota` tasks.
+
+    The owner's count row is locked (FOR UPDATE, PostgreSQL; SQLite has one writer anyway), so
+    concurrent creates at the quota are decided one after another against the count the other left.
+    """
+    inserted = (
+        "user_id",
+        "title",
+        "description",
+        "completed",
+        "priority",
+        "tags",
+        "due_date",
+        "created_at",
+        "updated_at",
+    )
+    owned_tasks = (
+        select(task_counts_table.c.total)
+        .where(task_counts_table.c.user_id == bindparam("user_id"))
+        .with_for_update()
+        .scalar_subquery()
+    )
+    row = select(*(bindparam(name, type_=t.c[name].type) for name in inserted)).where(
+        func.coalesce(owned_tasks, 0) < bindparam("quota", type_=Integer)
+    )
+    return insert(t).from_select(inserted, row).returning(*TASK_COLUMNS)
+
+
+_INSERT_TASK = _insert_within_quota()
 
 
 async def create_task(
-    session: AsyncSession, principal: Principal, data: TaskCreate, *, idempotency_key: str | None = None
+    session: AsyncSession,
+    principal: Principal,
+    data: TaskCreate,
+    *,
+    quota: int,
+    idempotency_key: str | None = None,
 ) -> CreatedTask:
-    """Insert the task; the owner's user row is created just in time, when the insert finds it missing."""
+    """Insert the task, unless the owner already has `quota` tasks.
+
+    The owner's user row is created just in time, when the insert finds it missing.
+    """
     try:
-        return await _insert_task(session, principal, data, idempotency_key)
+        return await _insert_task(session, principal, data, quota, idempotency_key)
     except IntegrityError as error:
         if not _owner_missing(error):
             raise
         await session.rollback()
     await user_service.ensure_user(session, principal)
-    return await _insert_task(session, principal, data, idempotency_key)
+    return await _insert_task(session, principal, data, quota, idempotency_key)
 
 
 def _owner_missing(error: IntegrityError) -> bool:
@@ -253,7 +303,7 @@ def _owner_missing(error: IntegrityError) -> bool:
 
 
 async def _insert_task(
-    session: AsyncSession, principal: Principal, data: TaskCreate, idempotency_key: str | None
+    session: AsyncSession, principal: Principal, data: TaskCreate, quota: int, idempotency_key: str | None
 ) -> CreatedTask:
     if idempotency_key is not None:
         request_hash = hashlib.sha256(data.model_dump_json().encode()).hexdigest()
@@ -263,8 +313,11 @@ async def _insert_task(
             return replay
     now = utcnow()
     connection = await session.connection()
-    values = {"user_id": principal.user_id, **data.model_dump(), "created_at": now, "updated_at": now}
-    task = _to_tasks([(await connection.execute(_INSERT_TASK, values)).one()])[0]
+    values = {"user_id": principal.user_id, **data.model_dump(), "created_at": now, "updated_at": now, "quota": quota}
+    inserted = (await connection.execute(_INSERT_TASK, values)).one_or_none()
+    if inserted is None:
+        raise QuotaExceeded(f"Task quota reached: at most {quota} tasks per user; delete some before creating more")
+    task = _to_tasks([inserted])[0]
     if idempotency_key is not None:
         await session.execute(
             update(idempotency_table)

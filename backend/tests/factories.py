@@ -48,6 +48,7 @@ async def create_task(
     priority: str = "medium",
     tags: list[str] | None = None,
     due_date: datetime | None = None,
+    quota: int = 10_000,
 ) -> TaskPublic:
     caller = owner if isinstance(owner, Principal) else principal(owner)
     data = TaskCreate.model_validate(
@@ -60,5 +61,5 @@ async def create_task(
             "due_date": due_date,
         }
     )
-    created = await task_service.create_task(session, caller, data)
+    created = await task_service.create_task(session, caller, data, quota=quota)
     return created.task

@@ -378,3 +378,18 @@ async def test_a_client_leaving_mid_body_is_no_server_error(
     await app(scope, receive, send)
     assert sent[0]["status"] in (400, 499)  # FastAPI answers any failed body read with a 400 itself
     assert not [record for record in caplog.records if record.levelname == "ERROR"]
+
+
+@pytest.mark.parametrize("settings_overrides", [{"task_quota": 2}])
+async def test_the_task_quota_is_a_clear_403_on_both_transports(client: httpx.AsyncClient) -> None:
+    for title in ("one", "two"):
+        assert (await client.post("/api/tasks", json={"title": title}, headers=ALICE)).status_code == 201
+    refused = await client.post("/api/tasks", json={"title": "three"}, headers=ALICE)
+    assert refused.status_code == 403
+    assert refused.json()["error"] == "QUOTA_EXCEEDED"
+    assert "at most 2 tasks" in refused.json()["detail"]
+    graphql = await client.post(
+        "/graphql", json={"query": 'mutation { createTask(input: {title: "three"}) { id } }'}, headers=ALICE
+    )
+    assert graphql.json()["errors"][0]["extensions"]["code"] == "QUOTA_EXCEEDED"
+    assert (await client.get("/api/tasks", headers=ALICE)).headers["X-Total-Count"] == "2"

@@ -1,20 +1,24 @@
 """The task service on both databases: scoping, every operation, filters, search, sorts, pages."""
 
+import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import delete, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from backend.errors import Forbidden, InvalidInput, NotFound, PreconditionFailed
+from backend.errors import Forbidden, InvalidInput, NotFound, PreconditionFailed, QuotaExceeded
 from backend.models import TaskCreate, TaskListQuery, TaskUpdate, tasks_table
 from backend.principal import Principal
 from backend.services import tasks as task_service
 from backend.services import users as user_service
+from backend.services.users import users_table
 from backend.tests.factories import create_task, principal
 
 ALICE = principal("alice")
+QUOTA = 10_000
 BOB = principal("bob")
 
 
@@ -166,15 +170,17 @@ async def test_if_match_star_matches_any_existing_task(session: AsyncSession) ->
 
 async def test_idempotency_key_replays_the_first_response(session: AsyncSession) -> None:
     data = TaskCreate(title="once")
-    first = await task_service.create_task(session, ALICE, data, idempotency_key="key-1")
-    again = await task_service.create_task(session, ALICE, data, idempotency_key="key-1")
+    first = await task_service.create_task(session, ALICE, data, quota=QUOTA, idempotency_key="key-1")
+    again = await task_service.create_task(session, ALICE, data, quota=QUOTA, idempotency_key="key-1")
     assert (first.replayed, again.replayed) == (False, True)
     assert again.task == first.task
     assert (await task_service.list_tasks(session, ALICE, query())).total == 1
-    other_user = await task_service.create_task(session, BOB, data, idempotency_key="key-1")
+    other_user = await task_service.create_task(session, BOB, data, quota=QUOTA, idempotency_key="key-1")
     assert other_user.replayed is False
     with pytest.raises(InvalidInput):
-        await task_service.create_task(session, ALICE, TaskCreate(title="different"), idempotency_key="key-1")
+        await task_service.create_task(
+            session, ALICE, TaskCreate(title="different"), quota=QUOTA, idempotency_key="key-1"
+        )
 
 
 # --- Filters, search and sorting -------------------------------------------------------------
@@ -324,3 +330,47 @@ async def test_deep_pages_follow_the_same_order(session: AsyncSession) -> None:
         assert len(everything) == len(set(everything)) == 1060
     filtered = await task_service.list_tasks(session, ALICE, query(search="t3", page=11, limit=10))
     assert filtered.total == len([n for n in range(1060) if n % 7 == 3])
+
+
+async def test_the_task_quota_refuses_creates_beyond_it(session: AsyncSession) -> None:
+    for number in range(3):
+        await create_task(session, ALICE, title=f"t{number}", quota=3)
+    with pytest.raises(QuotaExceeded, match="at most 3 tasks"):
+        await create_task(session, ALICE, title="one too many", quota=3)
+    assert (await create_task(session, principal("bob"), quota=3)).user_id == "bob"  # per user
+    first = (await task_service.list_tasks(session, ALICE, TaskListQuery())).items[-1]
+    await task_service.delete_task(session, ALICE, first.id)
+    assert (await create_task(session, ALICE, title="room again", quota=3)).title == "room again"
+    assert (await task_service.list_tasks(session, ALICE, TaskListQuery())).total == 3
+
+
+async def test_an_idempotent_retry_replays_even_at_the_quota(session: AsyncSession) -> None:
+    data = TaskCreate(title="keyed")
+    first = await task_service.create_task(session, ALICE, data, quota=1, idempotency_key="k")
+    again = await task_service.create_task(session, ALICE, data, quota=1, idempotency_key="k")
+    assert (again.task, again.replayed) == (first.task, True)
+
+
+async def test_concurrent_creates_at_the_quota_never_exceed_it(engine: AsyncEngine) -> None:
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    owner = principal(f"quota-{uuid.uuid4().hex[:8]}")
+
+    async def attempt() -> bool:
+        async with sessions() as session:
+            try:
+                await create_task(session, owner, quota=5)
+            except QuotaExceeded:
+                return False
+            return True
+
+    try:
+        for _ in range(2):
+            assert await attempt()
+        outcomes = await asyncio.gather(*(attempt() for _ in range(12)))
+        assert outcomes.count(True) == 3
+        async with sessions() as session:
+            assert (await task_service.list_tasks(session, owner, TaskListQuery())).total == 5
+    finally:
+        async with sessions() as session:
+            await session.execute(delete(users_table).where(users_table.c.id == owner.user_id))
+            await session.commit()
