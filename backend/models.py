@@ -182,6 +182,15 @@ Index(
     func.lower(tasks_table.c.title),
     tasks_table.c.id,
 ).ddl_if(dialect="postgresql")
+# PostgreSQL only: trigram indexes answer `lower(column) LIKE '%text%'` (sql_functions.contains_ignoring_case)
+# without reading every task of the user; they need the pg_trgm extension (created with the schema).
+for searched in (tasks_table.c.title, tasks_table.c.description):
+    Index(
+        f"ix_tasks_{searched.name}_trgm",
+        Grouping(func.lower(searched)).label("folded"),
+        postgresql_using="gin",
+        postgresql_ops={"folded": "gin_trgm_ops"},
+    ).ddl_if(dialect="postgresql")
 tag_keys = cast(func.lower(cast(tasks_table.c.tags, Text)), JSONB)
 Index(
     "ix_tasks_tag_keys",
@@ -189,6 +198,13 @@ Index(
     postgresql_using="gin",
     postgresql_ops={"tag_keys": "jsonb_path_ops"},
 ).ddl_if(dialect="postgresql")
+
+
+event.listen(
+    tasks_table,
+    "before_create",
+    DDL("CREATE EXTENSION IF NOT EXISTS pg_trgm").execute_if(dialect="postgresql"),  # type: ignore[no-untyped-call]
+)
 
 
 class TaskCount(SQLModel, table=True):

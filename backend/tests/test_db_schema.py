@@ -3,11 +3,13 @@
 from typing import Any
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, literal, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from backend.db import create_engine, create_schema
+from backend.models import tasks_table
+from backend.sql_functions import contains_ignoring_case
 from backend.tests.conftest import create_scratch_database, drop_scratch_database, make_settings
 from backend.tests.factories import create_task, principal
 
@@ -111,3 +113,17 @@ async def test_schema_creation_leaves_an_existing_user_table_alone() -> None:
     finally:
         await engine.dispose()
         await drop_scratch_database(url)
+
+
+@pytest.mark.parametrize("column", ["title", "description"])
+async def test_the_search_predicate_matches_its_trigram_index(
+    connection: AsyncConnection, dialect: str, column: str
+) -> None:
+    """The list's search condition is the very expression the GIN trigram index covers (PostgreSQL)."""
+    if dialect != "postgresql":
+        pytest.skip("trigram indexes exist on PostgreSQL only; SQLite scans the user's rows")
+    searched = select(tasks_table.c.id).where(contains_ignoring_case(tasks_table.c[column], literal("mi%lk")))
+    compiled = searched.compile(connection.sync_connection, compile_kwargs={"literal_binds": True})
+    await connection.execute(text("SET LOCAL enable_seqscan = off"))
+    plan = "\n".join((await connection.exec_driver_sql(f"EXPLAIN {compiled}")).scalars().all())
+    assert f"ix_tasks_{column}_trgm" in plan, plan

@@ -239,14 +239,6 @@ async def test_graphiql_page_loads_without_a_token(client: httpx.AsyncClient) ->
     assert "graphiql" in response.text.lower()
 
 
-@pytest.mark.parametrize("settings_overrides", [{"graphql_introspection": False}])
-async def test_introspection_can_be_disabled(client: httpx.AsyncClient) -> None:
-    body = await gql(client, "{ __schema { queryType { name } } }", headers={}, expected_status=400)
-    assert error_code(body) == "BAD_USER_INPUT"
-    page = await client.get("/graphql", headers={"Accept": "text/html"})
-    assert page.status_code == 404
-
-
 async def test_depth_limit(client: httpx.AsyncClient) -> None:
     deep = "{ me " + "{ tasks { items { owner " * 3 + "{ tasks { items { id } } }" + " } } }" * 3 + " }"
     body = await gql(client, deep, expected_status=400)
