@@ -5,6 +5,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -27,6 +28,8 @@ _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full
 _SSL_ALIASES = {"true": "require", "1": "require", "false": "disable", "0": "disable"}
 _AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
 AUTOCOMMIT_READS = "todo_autocommit_reads"  # an engine option: may reads skip BEGIN and ROLLBACK?
+# What PgBouncer answers to a startup parameter it does not know; PostgreSQL itself never says it.
+_REFUSED_STARTUP_PARAMETER = "unsupported startup parameter"
 _SCHEMA_LOCK_ID = 727_274_001  # pg_advisory_xact_lock key: one instance creates the schema at a time
 
 
@@ -62,23 +65,28 @@ def ssl_mode(raw_url: str) -> str | None:
 
 
 def is_pgbouncer(raw_url: str, settings: Settings) -> bool:
+    """Does the URL (or DB_PGBOUNCER) announce a transaction pooler? `create_engine` also detects one."""
     if settings.db_pgbouncer is not None:
         return settings.db_pgbouncer
     url = make_url(raw_url)
     return "-pooler" in (url.host or "") or url.port == 6432 or url.query.get("pgbouncer") == "true"
 
 
-def _postgres_connect_args(settings: Settings) -> dict[str, Any]:
+def _postgres_connect_args(settings: Settings, *, pgbouncer: bool | None = None) -> dict[str, Any]:
+    if pgbouncer is None:
+        pgbouncer = is_pgbouncer(settings.database_url, settings)
     original = make_url(settings.database_url)
     args: dict[str, Any] = {
         "timeout": settings.db_connect_timeout,
+        # Client-side, and asyncpg cancels the statement on the server when it fires: the only
+        # statement timeout in PgBouncer mode (SET LOCAL would cost a round trip per transaction).
         "command_timeout": settings.db_statement_timeout_ms / 1000 or None,
     }
     sslmode = ssl_mode(settings.database_url)
     if sslmode:
         args["ssl"] = sslmode
     server_settings = {"application_name": str(original.query.get("application_name", "todo-api"))}
-    if is_pgbouncer(settings.database_url, settings):
+    if pgbouncer:
         # Transaction pooling hands each transaction to any server connection, so a named
         # prepared statement may not exist where the next statement runs. Unique names and
         # no statement caches keep asyncpg correct there (SQLAlchemy asyncpg docs, "pgbouncer").
@@ -131,19 +139,96 @@ def create_engine(settings: Settings) -> AsyncEngine:
         )
         _register_sqlite_hooks(engine)
         return engine
+    pgbouncer = is_pgbouncer(settings.database_url, settings)
     engine = create_async_engine(
         url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
         pool_recycle=settings.db_pool_recycle,
-        connect_args=_postgres_connect_args(settings),
+        connect_args=_postgres_connect_args(settings, pgbouncer=pgbouncer),
         # Behind PgBouncer's transaction pooling, a statement outside a transaction may be
         # prepared on one server connection and executed on another: reads keep their BEGIN there.
-        execution_options={AUTOCOMMIT_READS: not is_pgbouncer(settings.database_url, settings)},
+        execution_options={AUTOCOMMIT_READS: not pgbouncer},
     )
     _discard_dead_connections(engine)
+    if settings.db_pgbouncer is None and not pgbouncer:
+        _detect_unannounced_pgbouncer(engine, settings)
     return engine
+
+
+@dataclass
+class _PoolerDetection:
+    pgbouncer: bool = False
+    checked: bool = False
+
+
+def _detect_unannounced_pgbouncer(engine: AsyncEngine, settings: Settings) -> None:
+    """Switch the engine to PgBouncer mode when the server turns out to be a transaction pooler.
+
+    A stock PgBouncer refuses the statement_timeout startup parameter; one told to ignore it
+    accepts the connection but drops the setting, which the engine's first connection checks
+    (one query per engine). Either way that connection is opened again in PgBouncer mode, and so
+    is every later one. Deciding inside the engine's own connect (SQLAlchemy's do_connect event)
+    serves every caller of create_engine, and works when the database is still down at start-up.
+    """
+    pgbouncer_args = _postgres_connect_args(settings, pgbouncer=True)
+    detection = _PoolerDetection()
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _connect(dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
+        if not detection.pgbouncer:
+            connection = _connect_unless_pooled(dialect, cargs, cparams)
+            if connection is not None:
+                return connection
+            _switch_to_pgbouncer_mode()
+        return dialect.connect(*cargs, **{**cparams, **pgbouncer_args})
+
+    def _switch_to_pgbouncer_mode() -> None:
+        if detection.pgbouncer:  # concurrent first connections may all find the pooler
+            return
+        detection.pgbouncer = True
+        engine.sync_engine.update_execution_options(**{AUTOCOMMIT_READS: False})
+        logger.warning(
+            "DATABASE_URL leads to a transaction pooler such as PgBouncer (it refused or dropped the "
+            "statement_timeout startup parameter): PgBouncer mode is on (no prepared-statement caches, "
+            "reads in transactions, statement timeout client-side); DB_PGBOUNCER=true says so up front"
+        )
+
+    def _connect_unless_pooled(dialect: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any | None:
+        """A connection in direct mode, or None when the server turns out to be a pooler."""
+        try:
+            connection = dialect.connect(*cargs, **cparams)
+        except dialect.loaded_dbapi.Error as exc:
+            if _REFUSED_STARTUP_PARAMETER in str(exc):
+                return None
+            raise
+        if detection.checked:
+            return connection
+        try:
+            kept = _statement_timeout_kept(connection, settings.db_statement_timeout_ms)
+        except BaseException:
+            connection.terminate()
+            raise
+        if not kept:
+            connection.close()
+            return None
+        detection.checked = True
+        return connection
+
+
+def _statement_timeout_kept(connection: Any, timeout_ms: int) -> bool:
+    """Did the server apply the statement_timeout startup parameter? A pooler may drop it silently."""
+    cursor = connection.cursor()
+    try:
+        # Inside a transaction (the DBAPI's implicit BEGIN), so a transaction pooler keeps the
+        # statement's prepare and execute on one server connection.
+        cursor.execute("SELECT setting FROM pg_settings WHERE name = 'statement_timeout'")
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+        connection.rollback()
+    return row is not None and row[0] == str(timeout_ms)
 
 
 def _discard_dead_connections(engine: AsyncEngine) -> None:

@@ -163,7 +163,11 @@ def redis_server() -> Iterator[RedisServer]:
 
 @contextmanager
 def pgbouncer(server_host: str, server_port: int, **config: str) -> Iterator[int]:
-    """PgBouncer in transaction pool mode (Neon's "-pooler" endpoints behave so); yields its port."""
+    """PgBouncer in transaction pool mode (Neon's "-pooler" endpoints behave so); yields its port.
+
+    Apart from `config` and the client limit, its settings are the packaged defaults: it refuses
+    startup parameters it does not know (no `ignore_startup_parameters`).
+    """
     if shutil.which("pgbouncer") is None:
         raise FileNotFoundError("pgbouncer is not installed: `apt-get install pgbouncer` (.ci/run does)")
     with service_directory("todo-pgbouncer-") as directory:

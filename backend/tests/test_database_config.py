@@ -4,7 +4,7 @@ import pytest
 from sqlalchemy import text
 
 from backend.config import Settings
-from backend.db import _postgres_connect_args, create_engine, is_pgbouncer, normalize_database_url
+from backend.db import AUTOCOMMIT_READS, _postgres_connect_args, create_engine, is_pgbouncer, normalize_database_url
 from backend.tests.conftest import create_scratch_database, drop_scratch_database, make_settings
 
 NEON_POOLED = (
@@ -105,3 +105,17 @@ async def test_libpq_style_parameters_connect_for_real() -> None:
         await engine.dispose()
     finally:
         await drop_scratch_database(url)
+
+
+async def test_a_direct_server_is_not_mistaken_for_a_pooler(caplog: pytest.LogCaptureFixture) -> None:
+    """No hint in the URL: the first connection checks for a pooler and finds the timeout applied."""
+    url = await create_scratch_database("todo_direct")
+    try:
+        engine = create_engine(make_settings(url, db_pgbouncer=None))
+        async with engine.connect() as connection:
+            assert await connection.scalar(text("SHOW statement_timeout")) == "10s"
+        assert engine.get_execution_options()[AUTOCOMMIT_READS] is True
+        await engine.dispose()
+    finally:
+        await drop_scratch_database(url)
+    assert "transaction pooler" not in caplog.text
