@@ -1,4 +1,8 @@
-"""Request ids, one access log line per request, JSON or text logs, and request metrics (pure ASGI)."""
+"""Request ids, one access log line per request, JSON or text logs, and request metrics (pure ASGI).
+
+Log lines carry attacker-chosen text (user ids from tokens, methods, exception messages), so both
+formats keep every record on its own line whatever that text holds.
+"""
 
 import logging
 import re
@@ -33,6 +37,10 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 JSON_FIELDS = ("levelname", "name", "message", "request_id")
 JSON_RENAMED_FIELDS = {"levelname": "level", "name": "logger"}
 JSON_SKIPPED_ATTRS = (*RESERVED_ATTRS, "color_message")  # uvicorn's ANSI-coloured copy of the message
+# Every line of a traceback starts with this, so a line that does not always starts a new record.
+CONTINUATION_PREFIX = "  | "
+# orjson writes these raw; str.splitlines() and some log shippers split lines on them.
+_JSON_LINE_SEPARATORS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 _request_id: ContextVar[str] = ContextVar("request_id", default=NO_REQUEST_ID)
 access_logger = logging.getLogger("backend.access")
@@ -69,6 +77,59 @@ def _install_request_id_record_factory() -> None:
     logging.setLogRecordFactory(record_with_request_id)
 
 
+def escape_unprintable(text: str) -> str:
+    """`text` on one line: each character repr() would escape (newline, CR, U+2028, U+0085, other C0/C1
+    controls, bidi overrides, lone surrogates, ...) is written as that escape instead."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+class SingleLineFormatter(logging.Formatter):
+    """Text lines: the message and its fields escaped onto one line; a traceback or stack follows on
+    indented lines, escaped too, so no text in it can start a line that looks like a record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = record.getMessage()
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        lines = [escape_unprintable(self.formatMessage(record))]
+        # Formatted here, not taken from record.exc_text: another handler's formatter may have cached it.
+        if record.exc_info:
+            lines.extend(_continuation(self.formatException(record.exc_info)))
+        elif record.exc_text:
+            lines.extend(_continuation(record.exc_text))
+        if record.stack_info:
+            lines.extend(_continuation(self.formatStack(record.stack_info)))
+        return "\n".join(lines)
+
+
+def _continuation(text: str) -> list[str]:
+    return [CONTINUATION_PREFIX + escape_unprintable(line) for line in text.split("\n")]
+
+
+class SingleLineJsonFormatter(OrjsonFormatter):
+    """One JSON object per line, also for readers that split on U+2028/U+2029/U+0085, and also when a
+    value holds a lone surrogate (orjson refuses those, which would lose the record)."""
+
+    def jsonify_log_record(self, log_data: Any) -> str:
+        try:
+            text = super().jsonify_log_record(log_data)
+        except TypeError:  # orjson.JSONEncodeError
+            text = super().jsonify_log_record(_surrogates_escaped(log_data))
+        return text if text.isascii() else text.translate(_JSON_LINE_SEPARATORS)
+
+
+def _surrogates_escaped(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_surrogates_escaped(key): _surrogates_escaped(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_surrogates_escaped(item) for item in value]
+    return value
+
+
 class _AppLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The one root handler this app installs; found again when another app is created in-process."""
 
@@ -76,11 +137,11 @@ class _AppLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
 def configure_logging(settings: Settings) -> None:
     formatter: logging.Formatter
     if settings.log_format == "json":
-        formatter = OrjsonFormatter(
+        formatter = SingleLineJsonFormatter(
             JSON_FIELDS, rename_fields=JSON_RENAMED_FIELDS, reserved_attrs=JSON_SKIPPED_ATTRS, timestamp="time"
         )
     else:
-        formatter = logging.Formatter(TEXT_FORMAT)
+        formatter = SingleLineFormatter(TEXT_FORMAT)
     _install_request_id_record_factory()
     root = logging.getLogger()
     handler = next((h for h in root.handlers if isinstance(h, _AppLogHandler)), None)

@@ -4,6 +4,9 @@ import io
 import json
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,10 +16,12 @@ from prometheus_client import REGISTRY
 
 from backend.config import Settings
 from backend.db import create_engine
+from backend.main import create_app
 from backend.metrics import instrument_pool
-from backend.observability import configure_logging
+from backend.observability import CONTINUATION_PREFIX, configure_logging
 from backend.tests.conftest import make_settings
 from backend.tests.factories import auth_headers
+from backend.tests.services_fixtures import serving
 
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -149,6 +154,93 @@ def test_json_log_lines(caplog: pytest.LogCaptureFixture) -> None:
     assert line["request_id"] == "-"
     assert (line["route"], line["status"], line["user_id"]) == ("/api/tasks", 200, "alice")
     assert line["time"].endswith("+00:00")
+
+
+# --- Forged log lines ------------------------------------------------------------------------------
+
+# Every character some reader treats as the end of a line (str.splitlines() splits on all of them),
+# C1 controls (CSI starts a terminal escape), a bidi override and a lone surrogate.
+LINE_BREAKERS = ["\n", "\r", "\r\n", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+ODD_CHARACTERS = [*LINE_BREAKERS, "\x00", "\x1b[2J", "\x7f", "\x9b", "\u202e", "\ud800"]
+FORGED = "2026-01-01 00:00:00,000 INFO backend.access [forged] GET /api/tasks 200 1.0ms user=admin"
+FORGED_JSON = '{"level":"INFO","logger":"backend.access","message":"forged","request_id":"forged"}'
+
+
+@contextmanager
+def app_log_stream(log_format: str) -> Iterator[io.StringIO]:
+    """What the app's own log handler writes while the block runs, in `log_format`."""
+    configure_logging(make_settings("sqlite+aiosqlite://", log_format=log_format))
+    handler = next(h for h in logging.getLogger().handlers if type(h).__name__ == "_AppLogHandler")
+    assert isinstance(handler, logging.StreamHandler)
+    stream = io.StringIO()
+    previous = handler.setStream(stream)
+    try:
+        yield stream
+    finally:
+        handler.setStream(previous)
+        configure_logging(make_settings("sqlite+aiosqlite://"))
+
+
+def raise_with(message: str) -> None:
+    raise ValueError(message)
+
+
+@pytest.mark.parametrize("breaker", ODD_CHARACTERS)
+def test_text_log_records_stay_on_their_lines(breaker: str) -> None:
+    logger = logging.getLogger("backend.tests.forgery")
+    with app_log_stream("text") as stream:
+        logger.warning("user=%s done", f"mallory{breaker}{FORGED}")
+        try:
+            raise_with(f"bad id {breaker}{FORGED}")
+        except ValueError:
+            logger.exception("failed for %s", f"mallory{breaker}{FORGED}")
+    message_line, warning_line, *traceback_lines = stream.getvalue().splitlines()
+    assert message_line.endswith(f"user=mallory{repr(breaker)[1:-1]}{FORGED} done")
+    assert warning_line.endswith(f"failed for mallory{repr(breaker)[1:-1]}{FORGED}")
+    # Our own traceback goes on over several lines, each marked as a continuation, attacker text escaped.
+    assert traceback_lines[0] == f"{CONTINUATION_PREFIX}Traceback (most recent call last):"
+    assert all(line.startswith(CONTINUATION_PREFIX) for line in traceback_lines)
+    # A newline in an exception message goes on in the traceback (it is multi-line), marked too.
+    assert traceback_lines[-1].endswith(FORGED)
+    assert f"ValueError: bad id {repr(breaker.strip(chr(10)))[1:-1]}" in "".join(traceback_lines)
+    assert not any(line.startswith(FORGED[:10]) for line in stream.getvalue().splitlines())
+
+
+@pytest.mark.parametrize("breaker", ODD_CHARACTERS)
+def test_json_log_records_stay_on_their_lines(breaker: str) -> None:
+    with app_log_stream("json") as stream:
+        logging.getLogger("backend.tests.forgery").warning(
+            "user=%s", f"mallory{breaker}{FORGED_JSON}", extra={"user_id": f"mallory{breaker}"}
+        )
+    (line,) = stream.getvalue().splitlines()
+    record = json.loads(line)
+    visible = breaker.encode("utf-8", "backslashreplace").decode()  # a lone surrogate cannot be UTF-8
+    assert record["message"] == f"user=mallory{visible}{FORGED_JSON}"
+    assert record["user_id"] == f"mallory{visible}"
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_a_forged_user_id_makes_exactly_one_access_line_per_request(log_format: str, tmp_path: Path) -> None:
+    forgery = FORGED if log_format == "text" else FORGED_JSON
+    app = create_app(make_settings(f"sqlite+aiosqlite:///{tmp_path}/todo.db", log_format=log_format))
+    with app_log_stream(log_format) as stream:
+        async with serving(app) as client:
+            for breaker in LINE_BREAKERS:
+                await client.get("/api/tasks", headers=auth_headers(f"mallory{breaker}{forgery}"))
+
+    lines = stream.getvalue().splitlines()
+    access_lines = [line for line in lines if "backend.access" in line]
+    assert len(access_lines) == len(LINE_BREAKERS)
+    if log_format == "text":
+        assert not any(line.startswith(FORGED[:23]) for line in lines)
+        return
+    records = [json.loads(line) for line in lines]  # every line is one whole record
+    assert not any(record["request_id"] == "forged" for record in records)
+    users = [json.loads(line)["user_id"] for line in access_lines]
+    # The token's id exactly, where the API accepts it (it refuses ids with C0 controls: 401, no user).
+    assert [user for user in users if user is not None] == [
+        f"mallory{breaker}{forgery}" for breaker in LINE_BREAKERS if breaker in "\x85\u2028\u2029"
+    ]
 
 
 # --- Metrics ----------------------------------------------------------------------------------------
