@@ -19,7 +19,7 @@ from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.orjson import OrjsonFormatter
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend import metrics
@@ -31,6 +31,7 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
 NO_REQUEST_ID = "-"
 UNMATCHED_ROUTE = "<unmatched>"
+CORS_PREFLIGHT_ROUTE = "<cors-preflight>"  # answered by CORSMiddleware before any route is chosen
 # Load balancers and Prometheus call these every few seconds: their lines go to DEBUG.
 PROBE_ROUTES = frozenset({"/health", "/ready", "/metrics"})
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
@@ -173,6 +174,11 @@ class RouteTemplates:
     FastAPI puts the selected route in `scope["route"]`, but a router included twice (under
     /api/tasks and /api/{user_id}/tasks) shares its route objects, so the template comes from
     FastAPI's route contexts, indexed once, with the path deciding between prefixes.
+
+
+    Requests no route claims get a fixed label too: a mount's template (FastAPI does not set
+    `scope["route"]` for mounts), `<cors-preflight>`, else `<unmatched>`. So every label comes from
+    the app's own routes, never from the request.
     """
 
     def __init__(self, routes: Sequence[BaseRoute]) -> None:
@@ -181,18 +187,33 @@ class RouteTemplates:
             path_regex, path_format = getattr(context, "path_regex", None), context.path_format
             if path_regex is not None and path_format:
                 self._by_route[id(context.original_route)].append((path_regex, path_format))
+        self._mounts = [(mount.path_regex, mount.path_format) for mount in routes if isinstance(mount, Mount)]
 
-    def template(self, scope: Scope) -> str:
+    def template(self, scope: Scope, path: str) -> str:
+        """`path`: the request's path below the app's root path, taken before routing (a mount
+        extends `scope["root_path"]`)."""
         route = scope.get("route")
         if route is None:
-            return UNMATCHED_ROUTE
+            return self._template_without_route(scope, path)
         candidates = self._by_route.get(id(route))
         if not candidates:
             return str(getattr(route, "path_format", UNMATCHED_ROUTE))  # a Mount: "/static/{path}"
         if len(candidates) == 1:
             return candidates[0][1]
-        path = _route_path(scope)
         return next((template for regex, template in candidates if regex.match(path)), candidates[0][1])
+
+    def _template_without_route(self, scope: Scope, path: str) -> str:
+        if _is_cors_preflight(scope):
+            return CORS_PREFLIGHT_ROUTE
+        return next((template for regex, template in self._mounts if regex.match(path)), UNMATCHED_ROUTE)
+
+
+def _is_cors_preflight(scope: Scope) -> bool:
+    """Starlette's CORSMiddleware's own test: OPTIONS with Origin and Access-Control-Request-Method."""
+    if scope["method"] != "OPTIONS":
+        return False
+    names = {name for name, _ in scope["headers"]}
+    return b"origin" in names and b"access-control-request-method" in names
 
 
 def _route_path(scope: Scope) -> str:
@@ -214,6 +235,7 @@ class ObservabilityMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        path = _route_path(scope)
         request_id = _incoming_request_id(scope["headers"]) or uuid.uuid4().hex
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
@@ -231,13 +253,13 @@ class ObservabilityMiddleware:
             try:
                 await self.app(scope, receive, send_with_request_id)
             finally:
-                self._record(scope, state, status, time.perf_counter() - started)
+                self._record(scope, path, state, status, time.perf_counter() - started)
 
-    def _record(self, scope: Scope, state: dict[str, Any], status: int, seconds: float) -> None:
+    def _record(self, scope: Scope, path: str, state: dict[str, Any], status: int, seconds: float) -> None:
         if self._templates is None:
             # Built on the first request: every route is registered by then.
             self._templates = RouteTemplates(scope["app"].routes)
-        route = self._templates.template(scope)
+        route = self._templates.template(scope, path)
         method: str = scope["method"]
         if self.record_metrics:
             metrics.observe_request(method, route, status, seconds)

@@ -3,7 +3,9 @@
 import io
 import json
 import logging
+import random
 import re
+import string
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,12 +14,13 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.routing import iter_route_contexts
 from prometheus_client import REGISTRY
 
 from backend.config import Settings
 from backend.db import create_engine
 from backend.main import create_app
-from backend.metrics import instrument_pool
+from backend.metrics import METHOD_LABELS, instrument_pool
 from backend.observability import CONTINUATION_PREFIX, configure_logging
 from backend.tests.conftest import make_settings
 from backend.tests.factories import auth_headers
@@ -272,6 +275,58 @@ async def test_rate_limit_rejections_are_counted(client: httpx.AsyncClient, sett
 @pytest.mark.parametrize("settings_overrides", [{"metrics_enabled": False}])
 async def test_metrics_can_be_turned_off(client: httpx.AsyncClient, settings_overrides: dict[str, Any]) -> None:
     assert (await client.get("/metrics")).status_code == 404
+
+
+def request_series() -> set[tuple[str, str, str]]:
+    return {
+        (sample.labels["method"], sample.labels["route"], sample.labels["status"])
+        for metric in REGISTRY.collect()
+        if metric.name == "http_requests"
+        for sample in metric.samples
+        if sample.name == "http_requests_total"
+    }
+
+
+def random_token(rng: random.Random, length: int) -> str:
+    return "".join(rng.choices(string.ascii_letters + string.digits + "-_.~!$&'*+^`|", k=length))
+
+
+async def test_a_flood_of_odd_methods_and_paths_adds_a_bounded_number_of_series(tmp_path: Path) -> None:
+    app = create_app(make_settings(f"sqlite+aiosqlite:///{tmp_path}/todo.db"))
+    templates = {context.path_format for context in iter_route_contexts(app.routes)}
+    rng = random.Random(2026)
+    before = request_series()
+    async with serving(app) as client:
+        for number in range(1000):
+            method = random_token(rng, rng.randint(1, 40)) if number % 2 else rng.choice(["GET", "OPTIONS", "get"])
+            path = rng.choice(["/", "/static/", "/api/tasks/", "/docs/", "/graphql/"]) + random_token(rng, 12)
+            headers = {}
+            if number % 5 == 0:  # a CORS preflight, allowed origin or not
+                method = "OPTIONS"
+                headers = {"Origin": rng.choice(["http://localhost:3000", f"http://{random_token(rng, 8)}.example"])}
+                headers["Access-Control-Request-Method"] = random_token(rng, 6)
+            await client.request(method, path, headers=headers)
+
+    added = request_series() - before
+    assert {method for method, _, _ in added} <= METHOD_LABELS | {"other"}
+    assert {route for _, route, _ in added} <= templates | {"<unmatched>", "<cors-preflight>", "/static/{path}"}
+    assert {status for _, _, status in added} <= {"200", "400", "401", "404", "405"}
+    # method x route x status, each from a small fixed set: here at most a dozen or so in all.
+    assert len(added) <= 20, sorted(added)
+
+
+async def test_static_files_and_preflights_have_their_own_routes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(make_settings(f"sqlite+aiosqlite:///{tmp_path}/todo.db"))
+    caplog.set_level(logging.INFO, logger="backend.access")
+    async with serving(app) as client:
+        await client.get("/static/swagger-ui/no-such-file.js")
+        preflight = {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "GET"}
+        await client.options("/api/tasks", headers=preflight)
+        await client.get("/no/such/path")
+    routes = [vars(record)["route"] for record in access_records(caplog)]
+    assert routes == ["/static/{path}", "<cors-preflight>", "<unmatched>"]
 
 
 async def test_pool_gauges_follow_checkouts(tmp_path: Any) -> None:
