@@ -62,6 +62,12 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     """Build the app. With `engine`, the caller owns the engine and its schema (tests, embedding)."""
     settings = settings or get_settings()
     configure_logging(settings)
+    if settings.trusts_every_forwarder:
+        logger.warning(
+            "FORWARDED_ALLOW_IPS=%r: any client can set its own address (and rate-limit identity) through "
+            "X-Forwarded-For; list the load balancer's address or subnet instead (refused in production)",
+            settings.forwarded_allow_ips,
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
