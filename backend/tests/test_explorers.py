@@ -1,5 +1,7 @@
 """Swagger UI (/docs) and GraphiQL (/graphql) load from the app's own assets and work in a real browser."""
 
+import base64
+import hashlib
 import json
 import os
 import re
@@ -82,6 +84,50 @@ async def test_graphiql_can_be_turned_off(client: httpx.AsyncClient, settings_ov
     assert (await client.get("/graphql", headers={"Accept": "text/html"})).status_code == 404
 
 
+# --- Content-Security-Policy ---------------------------------------------------------------------------
+
+
+def policy_of(response: httpx.Response) -> dict[str, list[str]]:
+    directives = [directive.split() for directive in response.headers["content-security-policy"].split(";")]
+    return {name: sources for name, *sources in directives}
+
+
+def sha256_source(text: str) -> str:
+    return f"'sha256-{base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()}'"
+
+
+@pytest.mark.parametrize("page", ["/docs", "/graphql"])
+async def test_explorer_pages_allow_only_their_own_origin_and_inline_scripts(
+    client: httpx.AsyncClient, page: str
+) -> None:
+    response = await client.get(page, headers={"Accept": "text/html"})
+    policy = policy_of(response)
+
+    assert policy["default-src"] == ["'none'"]
+    assert policy["frame-ancestors"] == ["'none'"]
+    assert policy["base-uri"] == ["'none'"]
+    assert policy["form-action"] == ["'none'"]
+    assert policy["connect-src"] == ["'self'"]
+    inline_scripts = re.findall(r"<script>(.*?)</script>", response.text, flags=re.DOTALL)
+    assert inline_scripts  # both pages start their app from an inline script
+    assert policy["script-src"] == ["'self'", *map(sha256_source, inline_scripts)]
+    every_source = {source for sources in policy.values() for source in sources}
+    # Keywords, hashes and data: (icons in the stylesheets) only: no host, no scheme, no wildcard.
+    assert {source for source in every_source if not source.startswith("'")} <= {"data:"}
+    assert "'unsafe-eval'" not in every_source
+
+
+async def test_swagger_ui_needs_no_inline_styles(client: httpx.AsyncClient) -> None:
+    policy = policy_of(await client.get("/docs"))
+    assert policy["style-src"] == ["'self'"]
+
+
+async def test_graphiql_allows_the_styles_its_dialogs_insert(client: httpx.AsyncClient) -> None:
+    """GraphiQL's dialogs add a <style> holding the scrollbar width: no hash can name it in advance."""
+    policy = policy_of(await client.get("/graphql", headers={"Accept": "text/html"}))
+    assert policy["style-src"] == ["'self'", "'unsafe-inline'"]
+
+
 # --- A real browser --------------------------------------------------------------------------------
 
 
@@ -143,6 +189,18 @@ def console_errors(driver: webdriver.Chrome) -> list[str]:
     return [entry["message"] for entry in browser_log(driver, "browser") if entry["level"] == "SEVERE"]
 
 
+def assert_the_policy_blocks_injected_scripts(driver: webdriver.Chrome) -> None:
+    """The page's Content-Security-Policy is in force: a script added to the page does not run."""
+    ran = driver.execute_script(
+        "const script = document.createElement('script');"
+        "script.textContent = 'window.injectedScriptRan = true';"
+        "document.body.appendChild(script);"
+        "return window.injectedScriptRan === true;"
+    )
+    assert ran is False
+    assert any("Content Security Policy" in message for message in console_errors(driver))
+
+
 @pytest.mark.slow
 def test_graphiql_runs_a_query_with_the_token_from_its_headers_pane(browser: webdriver.Chrome, server: str) -> None:
     browser.get(f"{server}/graphql")
@@ -166,8 +224,14 @@ def test_graphiql_runs_a_query_with_the_token_from_its_headers_pane(browser: web
     wait.until(lambda driver: '"grace"' in driver.find_element(By.CSS_SELECTOR, ".graphiql-response").text)
     result = json.loads(browser.find_element(By.CSS_SELECTOR, ".graphiql-response").text)
     assert result == {"data": {"me": {"id": "grace"}}}
+    # A dialog inserts its own <style> (scroll lock): the policy must let it apply.
+    browser.find_element(By.CSS_SELECTOR, "button[aria-label='Open settings dialog']").click()
+    wait.until(ready.visibility_of_element_located((By.CSS_SELECTOR, "[role='dialog']")))
+    ActionChains(browser).send_keys(Keys.ESCAPE).perform()
+    wait.until(ready.invisibility_of_element_located((By.CSS_SELECTOR, "[role='dialog']")))
     assert requested_hosts(browser) == {urlsplit(server).netloc}
-    assert console_errors(browser) == []
+    assert console_errors(browser) == []  # no Content-Security-Policy violation either
+    assert_the_policy_blocks_injected_scripts(browser)
 
 
 @pytest.mark.slow
@@ -198,4 +262,5 @@ def test_swagger_ui_authorizes_and_lists_tasks(browser: webdriver.Chrome, server
     body = browser.find_element(By.CSS_SELECTOR, f"{operation} .live-responses-table tbody .response-col_description")
     assert "Water the plants" in body.text
     assert requested_hosts(browser) == {urlsplit(server).netloc}
-    assert console_errors(browser) == []
+    assert console_errors(browser) == []  # no Content-Security-Policy violation either
+    assert_the_policy_blocks_injected_scripts(browser)
