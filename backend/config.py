@@ -51,6 +51,7 @@ class Settings(BaseSettings):
 
     graphql_introspection: bool | None = None  # None: on in development, off elsewhere
     graphiql: bool | None = None  # None: follows introspection
+    docs_enabled: bool | None = None  # Swagger UI and /openapi.json; None: on unless production
     graphql_max_depth: int = Field(default=10, ge=1)
     graphql_max_aliases: int = Field(default=30, ge=1)
     graphql_max_tokens: int = Field(default=2000, ge=1)
@@ -105,6 +106,12 @@ class Settings(BaseSettings):
     def trusts_every_forwarder(self) -> bool:
         """FORWARDED_ALLOW_IPS lets any peer set the client address ("*", 0.0.0.0/0 or ::/0)."""
         return any(_matches_every_address(entry.strip()) for entry in self.forwarded_allow_ips.split(","))
+
+    @property
+    def api_docs_enabled(self) -> bool:
+        if self.docs_enabled is None:
+            return self.app_env != "production"
+        return self.docs_enabled
 
     @property
     def introspection_enabled(self) -> bool:

@@ -102,8 +102,13 @@ def graphiql_response(request: Request) -> HTMLResponse:
     return _page_response(graphiql_page(request.scope.get("root_path", "")), runtime_styles=True)
 
 
-def mount_explorers(app: FastAPI) -> None:
+def mount_explorers(app: FastAPI, *, swagger_ui: bool, graphiql: bool) -> None:
+    """Swagger UI at /docs when `swagger_ui`; the assets of whichever explorer is on (GraphiQL's page
+    itself is Strawberry's GET /graphql)."""
+    if not (swagger_ui or graphiql):
+        return
     if not (ASSETS_DIR / "graphiql").is_dir():
         logger.warning("explorer assets missing in %s: run `make install` for /docs and /graphql", ASSETS_DIR)
     app.mount(ASSETS_PATH, StaticFiles(directory=ASSETS_DIR, check_dir=False), name="explorer-assets")
-    app.add_api_route("/docs", swagger_ui_page, methods=["GET"], include_in_schema=False)
+    if swagger_ui:
+        app.add_api_route("/docs", swagger_ui_page, methods=["GET"], include_in_schema=False)

@@ -103,6 +103,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
         openapi_tags=OPENAPI_TAGS,
         docs_url=None,  # served by mount_explorers from local assets
         redoc_url=None,
+        openapi_url="/openapi.json" if settings.api_docs_enabled else None,
     )
     app.state.settings = settings
     app.state.limiter = create_limiter(settings)
@@ -114,7 +115,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     app.include_router(health.router)
     if settings.metrics_enabled:
         app.include_router(create_metrics_router(settings))
-    mount_explorers(app)
+    mount_explorers(app, swagger_ui=settings.api_docs_enabled, graphiql=settings.graphiql_enabled)
 
     # Outermost last: observability -> proxy headers -> CORS -> hardening (UTF-8 target, body limit,
     # security headers) -> routes.

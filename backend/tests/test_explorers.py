@@ -23,6 +23,8 @@ from selenium.webdriver.support import expected_conditions as ready
 from selenium.webdriver.support.ui import WebDriverWait
 
 from backend.explorers import ASSETS_DIR, GRAPHIQL_TEMPLATE
+from backend.main import create_app
+from backend.tests.conftest import make_settings
 from backend.tests.factories import auth_headers, make_token
 from backend.tests.live_server import live_server
 
@@ -126,6 +128,48 @@ async def test_graphiql_allows_the_styles_its_dialogs_insert(client: httpx.Async
     """GraphiQL's dialogs add a <style> holding the scrollbar width: no hash can name it in advance."""
     policy = policy_of(await client.get("/graphql", headers={"Accept": "text/html"}))
     assert policy["style-src"] == ["'self'", "'unsafe-inline'"]
+
+
+# --- DOCS_ENABLED ---------------------------------------------------------------------------------------
+
+DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json")
+
+
+async def docs_statuses(**overrides: Any) -> dict[str, int]:
+    app = create_app(make_settings("sqlite+aiosqlite://", **overrides))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        return {path: (await client.get(path)).status_code for path in DOCS_PATHS}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "served"),
+    [
+        ({"app_env": "development"}, True),
+        ({"app_env": "test"}, True),
+        ({"app_env": "production"}, False),
+        ({"app_env": "production", "docs_enabled": True}, True),
+        ({"app_env": "development", "docs_enabled": False}, False),
+    ],
+)
+async def test_docs_and_openapi_follow_docs_enabled(overrides: dict[str, Any], served: bool) -> None:
+    statuses = await docs_statuses(**overrides)
+    # Swagger UI is configured without OAuth2, so its redirect page is never served.
+    assert statuses == {
+        "/docs": 200 if served else 404,
+        "/docs/oauth2-redirect": 404,
+        "/openapi.json": 200 if served else 404,
+    }
+
+
+async def test_no_explorer_assets_are_served_when_both_explorers_are_off() -> None:
+    if not ASSETS_DIR.is_dir():
+        pytest.skip("explorer assets not installed (make install)")
+    asset = "/static/swagger-ui/swagger-ui.css"
+    for graphiql, status in ((True, 200), (False, 404)):
+        app = create_app(make_settings("sqlite+aiosqlite://", docs_enabled=False, graphiql=graphiql))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
+            assert (await client.get(asset)).status_code == status
 
 
 # --- A real browser --------------------------------------------------------------------------------
