@@ -1,5 +1,6 @@
 """Settings: the only code that reads environment variables (and `.env` in development)."""
 
+import ipaddress
 from functools import lru_cache
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -53,6 +54,7 @@ class Settings(BaseSettings):
 
     graphql_introspection: bool | None = None  # None: on in development, off elsewhere
     graphiql: bool | None = None  # None: follows introspection
+    docs_enabled: bool | None = None  # Swagger UI and /openapi.json; None: on unless production
     graphql_max_depth: int = Field(default=10, ge=1)
     graphql_max_aliases: int = Field(default=30, ge=1)
     graphql_max_tokens: int = Field(default=2000, ge=1)
@@ -103,6 +105,27 @@ class Settings(BaseSettings):
             raise ValueError("BETTER_AUTH_SECRET is the development placeholder; set a real secret")
         return self
 
+    @model_validator(mode="after")
+    def _refuse_trusting_every_client(self) -> "Settings":
+        if self.app_env == "production" and self.trusts_every_forwarder:
+            raise ValueError(
+                f"FORWARDED_ALLOW_IPS={self.forwarded_allow_ips!r} trusts X-Forwarded-For from any address, so "
+                "every client chooses its own rate-limit identity: list your load balancer's address or subnet "
+                "(for example 10.0.0.0/16) instead"
+            )
+        return self
+
+    @property
+    def trusts_every_forwarder(self) -> bool:
+        """FORWARDED_ALLOW_IPS lets any peer set the client address ("*", 0.0.0.0/0 or ::/0)."""
+        return any(_matches_every_address(entry.strip()) for entry in self.forwarded_allow_ips.split(","))
+
+    @property
+    def api_docs_enabled(self) -> bool:
+        if self.docs_enabled is None:
+            return self.app_env != "production"
+        return self.docs_enabled
+
     @property
     def introspection_enabled(self) -> bool:
         if self.graphql_introspection is None:
@@ -121,6 +144,15 @@ class Settings(BaseSettings):
     @property
     def jwks_url(self) -> str:
         return self.better_auth_jwks_url or self.better_auth_url.rstrip("/") + "/api/auth/jwks"
+
+
+def _matches_every_address(entry: str) -> bool:
+    if entry == "*":
+        return True
+    try:
+        return ipaddress.ip_network(entry, strict=False).prefixlen == 0
+    except ValueError:
+        return False
 
 
 @lru_cache

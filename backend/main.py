@@ -62,6 +62,12 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     """Build the app. With `engine`, the caller owns the engine and its schema (tests, embedding)."""
     settings = settings or get_settings()
     configure_logging(settings)
+    if settings.trusts_every_forwarder:
+        logger.warning(
+            "FORWARDED_ALLOW_IPS=%r: any client can set its own address (and rate-limit identity) through "
+            "X-Forwarded-For; list the load balancer's address or subnet instead (refused in production)",
+            settings.forwarded_allow_ips,
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -97,6 +103,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
         openapi_tags=OPENAPI_TAGS,
         docs_url=None,  # served by mount_explorers from local assets
         redoc_url=None,
+        openapi_url="/openapi.json" if settings.api_docs_enabled else None,
     )
     app.state.settings = settings
     app.state.limiter = create_limiter(settings)
@@ -108,7 +115,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     app.include_router(health.router)
     if settings.metrics_enabled:
         app.include_router(create_metrics_router(settings))
-    mount_explorers(app)
+    mount_explorers(app, swagger_ui=settings.api_docs_enabled, graphiql=settings.graphiql_enabled)
 
     # Outermost last: observability -> proxy headers -> CORS -> hardening (UTF-8 target, body limit,
     # security headers) -> routes.
@@ -116,7 +123,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
-        allow_credentials=True,
+        allow_credentials=False,  # bearer tokens only: no cookie ever needs to cross origins
         allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
         allow_headers=ALLOWED_HEADERS,
         expose_headers=EXPOSED_HEADERS,

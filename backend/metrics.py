@@ -25,6 +25,9 @@ from sqlalchemy.pool import QueuePool
 
 from backend.config import Settings
 
+# Label values come from fixed sets only: a client picks the method token, so any other is "other".
+METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_LABEL = "other"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 HTTP_REQUESTS = Counter(
@@ -47,9 +50,11 @@ DB_POOL_SIZE = Gauge(
 
 
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
-    status_label = str(status)
-    HTTP_REQUESTS.labels(method, route, status_label).inc()
-    HTTP_LATENCY.labels(method, route, status_label).observe(seconds)
+    """`route` is a template of the app's routes (or one of the fixed labels of RouteTemplates)."""
+    method_label = method if method in METHOD_LABELS else OTHER_LABEL
+    status_label = str(status) if 100 <= status <= 599 else OTHER_LABEL
+    HTTP_REQUESTS.labels(method_label, route, status_label).inc()
+    HTTP_LATENCY.labels(method_label, route, status_label).observe(seconds)
 
 
 def _count_checkout(*_args: Any) -> None:

@@ -38,7 +38,7 @@ from strawberry.types.graphql import OperationType
 
 from backend.config import Settings, get_settings
 from backend.errors import ERROR_RESPONSES, DomainError, Unauthenticated, as_domain_error, error_body
-from backend.explorers import graphiql_page
+from backend.explorers import graphiql_response
 from backend.gql.context import get_context
 from backend.gql.resolvers import Mutation, Query
 from backend.gql.types import DateTime
@@ -281,7 +281,7 @@ class TodoGraphQLRouter(GraphQLRouter[Any, None]):
     and GraphiQL served from this app's own assets instead of a CDN."""
 
     async def render_graphql_ide(self, request: Request) -> HTMLResponse:
-        return HTMLResponse(graphiql_page(request.scope.get("root_path", "")))
+        return graphiql_response(request)
 
     async def process_result(self, request: Any, result: ExecutionResult) -> GraphQLHTTPResponse:
         """A failure of the whole request (400, 401, 429, 503) also carries REST's `error` and `detail`."""

@@ -375,3 +375,34 @@ async def test_no_claim_of_one_account_blocks_another_first_request(database_url
             async with app.state.engine.begin() as connection:
                 await connection.execute(delete(users_table).where(users_table.c.id.like("victim-%")))
                 await connection.execute(delete(users_table).where(users_table.c.id.like("mallory-%")))
+
+
+# --- CORS: bearer tokens only, so no credentialed cross-origin requests ------------------------------
+
+FRONTEND = "http://localhost:3000"
+PREFLIGHT = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
+CORS_REQUESTS: dict[str, tuple[str, str, dict[str, str], int]] = {
+    "preflight": ("OPTIONS", "/api/tasks", PREFLIGHT, 200),
+    "graphql preflight": ("OPTIONS", "/graphql", PREFLIGHT, 200),
+    "simple": ("GET", "/api/tasks", ALICE, 200),
+    "error": ("GET", "/api/tasks", {}, 401),
+    "graphql": ("POST", "/graphql", ALICE, 200),
+}
+
+
+@pytest.mark.parametrize("case", CORS_REQUESTS)
+async def test_allowed_origins_are_served_without_allowing_credentials(client: httpx.AsyncClient, case: str) -> None:
+    method, path, headers, status = CORS_REQUESTS[case]
+    body = {"query": "{ me { id } }"} if method == "POST" else None
+    response = await client.request(method, path, headers={**headers, "Origin": FRONTEND}, json=body)
+    assert response.status_code == status, response.text
+    assert response.headers["access-control-allow-origin"] == FRONTEND
+    assert "access-control-allow-credentials" not in response.headers
+
+
+@pytest.mark.parametrize("method", ["OPTIONS", "GET"])
+async def test_other_origins_are_not_allowed(client: httpx.AsyncClient, method: str) -> None:
+    headers = {**(PREFLIGHT if method == "OPTIONS" else ALICE), "Origin": "http://evil.example"}
+    response = await client.request(method, "/api/tasks", headers=headers)
+    assert "access-control-allow-origin" not in response.headers
+    assert "access-control-allow-credentials" not in response.headers

@@ -3,20 +3,28 @@
 import io
 import json
 import logging
+import random
 import re
+import string
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.routing import iter_route_contexts
 from prometheus_client import REGISTRY
 
 from backend.config import Settings
 from backend.db import create_engine
-from backend.metrics import instrument_pool
-from backend.observability import configure_logging
+from backend.main import create_app
+from backend.metrics import METHOD_LABELS, instrument_pool
+from backend.observability import CONTINUATION_PREFIX, configure_logging
 from backend.tests.conftest import make_settings
 from backend.tests.factories import auth_headers
+from backend.tests.services_fixtures import serving
 
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -151,6 +159,93 @@ def test_json_log_lines(caplog: pytest.LogCaptureFixture) -> None:
     assert line["time"].endswith("+00:00")
 
 
+# --- Forged log lines ------------------------------------------------------------------------------
+
+# Every character some reader treats as the end of a line (str.splitlines() splits on all of them),
+# C1 controls (CSI starts a terminal escape), a bidi override and a lone surrogate.
+LINE_BREAKERS = ["\n", "\r", "\r\n", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+ODD_CHARACTERS = [*LINE_BREAKERS, "\x00", "\x1b[2J", "\x7f", "\x9b", "\u202e", "\ud800"]
+FORGED = "2026-01-01 00:00:00,000 INFO backend.access [forged] GET /api/tasks 200 1.0ms user=admin"
+FORGED_JSON = '{"level":"INFO","logger":"backend.access","message":"forged","request_id":"forged"}'
+
+
+@contextmanager
+def app_log_stream(log_format: str) -> Iterator[io.StringIO]:
+    """What the app's own log handler writes while the block runs, in `log_format`."""
+    configure_logging(make_settings("sqlite+aiosqlite://", log_format=log_format))
+    handler = next(h for h in logging.getLogger().handlers if type(h).__name__ == "_AppLogHandler")
+    assert isinstance(handler, logging.StreamHandler)
+    stream = io.StringIO()
+    previous = handler.setStream(stream)
+    try:
+        yield stream
+    finally:
+        handler.setStream(previous)
+        configure_logging(make_settings("sqlite+aiosqlite://"))
+
+
+def raise_with(message: str) -> None:
+    raise ValueError(message)
+
+
+@pytest.mark.parametrize("breaker", ODD_CHARACTERS)
+def test_text_log_records_stay_on_their_lines(breaker: str) -> None:
+    logger = logging.getLogger("backend.tests.forgery")
+    with app_log_stream("text") as stream:
+        logger.warning("user=%s done", f"mallory{breaker}{FORGED}")
+        try:
+            raise_with(f"bad id {breaker}{FORGED}")
+        except ValueError:
+            logger.exception("failed for %s", f"mallory{breaker}{FORGED}")
+    message_line, warning_line, *traceback_lines = stream.getvalue().splitlines()
+    assert message_line.endswith(f"user=mallory{repr(breaker)[1:-1]}{FORGED} done")
+    assert warning_line.endswith(f"failed for mallory{repr(breaker)[1:-1]}{FORGED}")
+    # Our own traceback goes on over several lines, each marked as a continuation, attacker text escaped.
+    assert traceback_lines[0] == f"{CONTINUATION_PREFIX}Traceback (most recent call last):"
+    assert all(line.startswith(CONTINUATION_PREFIX) for line in traceback_lines)
+    # A newline in an exception message goes on in the traceback (it is multi-line), marked too.
+    assert traceback_lines[-1].endswith(FORGED)
+    assert f"ValueError: bad id {repr(breaker.strip(chr(10)))[1:-1]}" in "".join(traceback_lines)
+    assert not any(line.startswith(FORGED[:10]) for line in stream.getvalue().splitlines())
+
+
+@pytest.mark.parametrize("breaker", ODD_CHARACTERS)
+def test_json_log_records_stay_on_their_lines(breaker: str) -> None:
+    with app_log_stream("json") as stream:
+        logging.getLogger("backend.tests.forgery").warning(
+            "user=%s", f"mallory{breaker}{FORGED_JSON}", extra={"user_id": f"mallory{breaker}"}
+        )
+    (line,) = stream.getvalue().splitlines()
+    record = json.loads(line)
+    visible = breaker.encode("utf-8", "backslashreplace").decode()  # a lone surrogate cannot be UTF-8
+    assert record["message"] == f"user=mallory{visible}{FORGED_JSON}"
+    assert record["user_id"] == f"mallory{visible}"
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_a_forged_user_id_makes_exactly_one_access_line_per_request(log_format: str, tmp_path: Path) -> None:
+    forgery = FORGED if log_format == "text" else FORGED_JSON
+    app = create_app(make_settings(f"sqlite+aiosqlite:///{tmp_path}/todo.db", log_format=log_format))
+    with app_log_stream(log_format) as stream:
+        async with serving(app) as client:
+            for breaker in LINE_BREAKERS:
+                await client.get("/api/tasks", headers=auth_headers(f"mallory{breaker}{forgery}"))
+
+    lines = stream.getvalue().splitlines()
+    access_lines = [line for line in lines if "backend.access" in line]
+    assert len(access_lines) == len(LINE_BREAKERS)
+    if log_format == "text":
+        assert not any(line.startswith(FORGED[:23]) for line in lines)
+        return
+    records = [json.loads(line) for line in lines]  # every line is one whole record
+    assert not any(record["request_id"] == "forged" for record in records)
+    users = [json.loads(line)["user_id"] for line in access_lines]
+    # The token's id exactly, where the API accepts it (it refuses ids with C0 controls: 401, no user).
+    assert [user for user in users if user is not None] == [
+        f"mallory{breaker}{forgery}" for breaker in LINE_BREAKERS if breaker in "\x85\u2028\u2029"
+    ]
+
+
 # --- Metrics ----------------------------------------------------------------------------------------
 
 
@@ -180,6 +275,58 @@ async def test_rate_limit_rejections_are_counted(client: httpx.AsyncClient, sett
 @pytest.mark.parametrize("settings_overrides", [{"metrics_enabled": False}])
 async def test_metrics_can_be_turned_off(client: httpx.AsyncClient, settings_overrides: dict[str, Any]) -> None:
     assert (await client.get("/metrics")).status_code == 404
+
+
+def request_series() -> set[tuple[str, str, str]]:
+    return {
+        (sample.labels["method"], sample.labels["route"], sample.labels["status"])
+        for metric in REGISTRY.collect()
+        if metric.name == "http_requests"
+        for sample in metric.samples
+        if sample.name == "http_requests_total"
+    }
+
+
+def random_token(rng: random.Random, length: int) -> str:
+    return "".join(rng.choices(string.ascii_letters + string.digits + "-_.~!$&'*+^`|", k=length))
+
+
+async def test_a_flood_of_odd_methods_and_paths_adds_a_bounded_number_of_series(tmp_path: Path) -> None:
+    app = create_app(make_settings(f"sqlite+aiosqlite:///{tmp_path}/todo.db"))
+    templates = {context.path_format for context in iter_route_contexts(app.routes)}
+    rng = random.Random(2026)
+    before = request_series()
+    async with serving(app) as client:
+        for number in range(1000):
+            method = random_token(rng, rng.randint(1, 40)) if number % 2 else rng.choice(["GET", "OPTIONS", "get"])
+            path = rng.choice(["/", "/static/", "/api/tasks/", "/docs/", "/graphql/"]) + random_token(rng, 12)
+            headers = {}
+            if number % 5 == 0:  # a CORS preflight, allowed origin or not
+                method = "OPTIONS"
+                headers = {"Origin": rng.choice(["http://localhost:3000", f"http://{random_token(rng, 8)}.example"])}
+                headers["Access-Control-Request-Method"] = random_token(rng, 6)
+            await client.request(method, path, headers=headers)
+
+    added = request_series() - before
+    assert {method for method, _, _ in added} <= METHOD_LABELS | {"other"}
+    assert {route for _, route, _ in added} <= templates | {"<unmatched>", "<cors-preflight>", "/static/{path}"}
+    assert {status for _, _, status in added} <= {"200", "400", "401", "404", "405"}
+    # method x route x status, each from a small fixed set: here at most a dozen or so in all.
+    assert len(added) <= 20, sorted(added)
+
+
+async def test_static_files_and_preflights_have_their_own_routes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(make_settings(f"sqlite+aiosqlite:///{tmp_path}/todo.db"))
+    caplog.set_level(logging.INFO, logger="backend.access")
+    async with serving(app) as client:
+        await client.get("/static/swagger-ui/no-such-file.js")
+        preflight = {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "GET"}
+        await client.options("/api/tasks", headers=preflight)
+        await client.get("/no/such/path")
+    routes = [vars(record)["route"] for record in access_records(caplog)]
+    assert routes == ["/static/{path}", "<cors-preflight>", "<unmatched>"]
 
 
 async def test_pool_gauges_follow_checkouts(tmp_path: Any) -> None:

@@ -14,6 +14,7 @@ import pytest
 import redis
 from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
+from pydantic import ValidationError
 
 from backend.main import create_app
 from backend.tests.conftest import make_settings
@@ -146,6 +147,63 @@ async def test_forwarded_for_is_trusted_only_from_forwarded_allow_ips(
             for number in range(4)
         ]
     assert statuses == ([401] * 4 if separate_budgets else [401, 401, 429, 429])
+
+
+async def test_a_spoofed_forwarded_for_spends_the_untrusted_peers_own_budget(sqlite_url: str) -> None:
+    app = limited_app(sqlite_url, "3/minute", forwarded_allow_ips="10.0.0.0/8")
+    async with serving(app, client_ip="203.0.113.7") as attacker, asgi_client(app, client_ip="198.51.100.9") as other:
+        spoofs = ["100.64.0.1", "100.64.0.2, 10.0.0.5", "203.0.113.8", "198.51.100.9", "unknown"]
+        statuses = [(await get_tasks(attacker, None, **{"X-Forwarded-For": spoof})).status_code for spoof in spoofs]
+        assert statuses == [401, 401, 401, 429, 429]
+        assert_limited(await get_tasks(attacker, None))  # its own address's budget is what it spent
+        assert (await get_tasks(other, None)).status_code == 401  # not the address it claimed to be
+
+
+async def test_behind_a_trusted_proxy_the_address_the_proxy_saw_is_the_key(sqlite_url: str) -> None:
+    """A load balancer appends the address it saw to whatever X-Forwarded-For the client sent."""
+    app = limited_app(sqlite_url, "2/minute", forwarded_allow_ips="10.0.0.0/8")
+    async with serving(app, client_ip="10.0.0.5") as balancer:
+        statuses = [
+            (await get_tasks(balancer, None, **{"X-Forwarded-For": f"100.64.0.{number}, 198.51.100.20"})).status_code
+            for number in range(4)
+        ]
+        assert statuses == [401, 401, 429, 429]
+        other_client = await get_tasks(balancer, None, **{"X-Forwarded-For": "100.64.0.1, 198.51.100.21"})
+        assert other_client.status_code == 401
+
+
+async def test_a_star_lets_every_client_choose_its_budget(sqlite_url: str) -> None:
+    """Why production refuses FORWARDED_ALLOW_IPS=*: uvicorn then takes the leftmost address, which is
+    the client's own claim even behind a proxy that appends the real one."""
+    app = limited_app(sqlite_url, "2/minute", forwarded_allow_ips="*")
+    async with serving(app, client_ip="10.0.0.5") as balancer:
+        statuses = [
+            (await get_tasks(balancer, None, **{"X-Forwarded-For": f"100.64.0.{number}, 198.51.100.20"})).status_code
+            for number in range(4)
+        ]
+    assert statuses == [401] * 4
+
+
+CATCH_ALL_FORWARDERS = ["*", "0.0.0.0/0", "::/0", "10.0.0.1, *", "10.0.0.0/8,0.0.0.0/0"]
+
+
+@pytest.mark.parametrize("forwarders", CATCH_ALL_FORWARDERS)
+def test_production_refuses_to_trust_every_forwarder(forwarders: str) -> None:
+    with pytest.raises(ValidationError, match="FORWARDED_ALLOW_IPS"):
+        make_settings("sqlite+aiosqlite://", app_env="production", forwarded_allow_ips=forwarders)
+
+
+@pytest.mark.parametrize("forwarders", ["127.0.0.1", "10.0.0.0/8", "10.1.2.3, 172.16.0.0/12, fd00::/8"])
+def test_production_accepts_proxy_addresses_and_subnets(forwarders: str) -> None:
+    settings = make_settings("sqlite+aiosqlite://", app_env="production", forwarded_allow_ips=forwarders)
+    assert not settings.trusts_every_forwarder
+
+
+@pytest.mark.parametrize("forwarders", CATCH_ALL_FORWARDERS)
+def test_trusting_every_forwarder_is_a_warning_elsewhere(forwarders: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="backend.main")
+    create_app(make_settings("sqlite+aiosqlite://", app_env="development", forwarded_allow_ips=forwarders))
+    assert any("FORWARDED_ALLOW_IPS" in record.getMessage() for record in caplog.records)
 
 
 def redis_keys_for(server: RedisServer, user: str) -> list[Any]:
