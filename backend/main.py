@@ -16,9 +16,9 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from backend.auth import JwksCache, TokenVerifier
 from backend.config import Settings, get_settings
 from backend.db import create_admission_gate, create_engine, create_schema, create_sessionmaker
-from backend.errors import register_error_handlers
 from backend.explorers import mount_explorers
 from backend.gql.schema import create_graphql_router
+from backend.http_errors import register_error_handlers
 from backend.metrics import create_metrics_router, instrument_pool
 from backend.middleware import HttpHardeningMiddleware
 from backend.observability import ObservabilityMiddleware, configure_logging

@@ -6,7 +6,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backend.errors import DomainError, PayloadTooLarge, domain_error_response
+from backend.errors import DomainError, PayloadTooLarge
+from backend.http_errors import domain_error_response
 
 SECURITY_HEADERS = (
     (b"x-content-type-options", b"nosniff"),

@@ -37,11 +37,12 @@ from strawberry.types import ExecutionContext, ExecutionResult
 from strawberry.types.graphql import OperationType
 
 from backend.config import Settings, get_settings
-from backend.errors import ERROR_RESPONSES, DomainError, Unauthenticated, as_domain_error, error_body
+from backend.errors import DomainError, Unauthenticated, as_domain_error
 from backend.explorers import graphiql_response
 from backend.gql.context import get_context
 from backend.gql.resolvers import Mutation, Query
 from backend.gql.types import DateTime
+from backend.http_errors import ERROR_RESPONSES, error_body
 
 logger = logging.getLogger(__name__)
 

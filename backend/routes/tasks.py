@@ -10,7 +10,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from backend.auth import AuthenticatedRoute, PrincipalDep
 from backend.db import SessionDep
-from backend.errors import ERROR_RESPONSES, ErrorResponse
+from backend.http_errors import ERROR_RESPONSES, ErrorResponse
 from backend.models import (
     INT32_MAX,
     CompleteInput,

@@ -4,7 +4,7 @@ from fastapi import APIRouter
 
 from backend.auth import AuthenticatedRoute, PrincipalDep
 from backend.db import SessionDep
-from backend.errors import ERROR_RESPONSES
+from backend.http_errors import ERROR_RESPONSES
 from backend.models import UserPublic
 from backend.services import users as user_service
 

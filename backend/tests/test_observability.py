@@ -132,7 +132,7 @@ async def test_an_unexpected_error_is_a_500_with_the_request_id(app: FastAPI, ca
     assert response.status_code == 500
     assert response.json() == {"error": "INTERNAL", "detail": "Internal server error"}
     assert response.headers["x-request-id"] == "req-500"
-    traceback_line = next(vars(r) for r in caplog.records if r.name == "backend.errors")
+    traceback_line = next(vars(r) for r in caplog.records if r.name == "backend.http_errors")
     access_line = next(vars(r) for r in caplog.records if r.name == "backend.access")
     assert traceback_line["request_id"] == access_line["request_id"] == "req-500"
     assert access_line["status"] == 500

@@ -1,0 +1,133 @@
+"""REST's rendering of errors: the exception handlers and the error models in the OpenAPI document."""
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from backend.errors import DomainError, as_domain_error, readable_validation_errors
+from backend.observability import REQUEST_ID_HEADER, request_id_bound, request_id_of
+
+logger = logging.getLogger(__name__)
+
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request the client abandoned; it never reaches anyone
+
+
+def error_body(code: str, detail: str, **extra: Any) -> dict[str, Any]:
+    return {"error": code, "detail": detail, **extra}
+
+
+def domain_error_response(exc: DomainError, *, graphql: bool = False) -> JSONResponse:
+    body = error_body(exc.code, exc.message)
+    if graphql:  # GraphQL clients look for `errors[].extensions.code`, even on a non-200 answer
+        body["errors"] = [{"message": exc.message, "extensions": exc.extensions}]
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def _is_graphql(request: Request) -> bool:
+    return request.url.path.startswith("/graphql")
+
+
+def _jsonable_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    return [
+        {"loc": list(error.get("loc", ())), "msg": str(error.get("msg", "")), "type": str(error.get("type", ""))}
+        for error in errors
+    ]
+
+
+async def _handle_domain_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    return domain_error_response(exc, graphql=_is_graphql(request))
+
+
+async def _handle_validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    return JSONResponse(
+        error_body("BAD_USER_INPUT", readable_validation_errors(errors), errors=_jsonable_errors(errors)),
+        status_code=422,
+    )
+
+
+_HTTP_CODES = {400: "BAD_REQUEST", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}
+
+
+async def _handle_http_exception(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "HTTP_ERROR")
+    return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=dict(exc.headers or {}))
+
+
+async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    domain_error = as_domain_error(exc)
+    if domain_error is not None:
+        logger.warning("%s %s: %s (%s)", request.method, request.url.path, domain_error.message, exc.__class__.__name__)
+        return domain_error_response(domain_error, graphql=_is_graphql(request))
+    # This handler runs outside the request's middleware, so the request id comes from the scope.
+    request_id = request_id_of(request)
+    with request_id_bound(request_id):
+        logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(
+        error_body("INTERNAL", "Internal server error"), status_code=500, headers={REQUEST_ID_HEADER: request_id}
+    )
+
+
+async def _handle_client_disconnect(request: Request, _exc: Exception) -> Response:
+    # The client went away while its body was read: nothing to answer, nothing went wrong here.
+    logger.debug("client disconnected during %s %s", request.method, request.url.path)
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ClientDisconnect, _handle_client_disconnect)
+    app.add_exception_handler(DomainError, _handle_domain_error)
+    app.add_exception_handler(RequestValidationError, _handle_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
+    # Infrastructure failures get their own handlers: the catch-all `Exception` handler runs in
+    # ServerErrorMiddleware, which re-raises after responding (a traceback per 503).
+    for infrastructure_error in (DBAPIError, PoolTimeoutError, OSError, TimeoutError):
+        app.add_exception_handler(infrastructure_error, _handle_unexpected)
+    app.add_exception_handler(Exception, _handle_unexpected)
+
+
+class ErrorResponse(BaseModel):
+    """Every error body: a stable machine code and a readable `detail`."""
+
+    error: str = Field(description="Stable code, the same as GraphQL's extensions.code", examples=["NOT_FOUND"])
+    detail: str = Field(description="What went wrong, for people", examples=["Task not found"])
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorResponse(ErrorResponse):
+    errors: list[ValidationIssue] | None = Field(
+        default=None, description="Each invalid field (absent when the input is refused as a whole)"
+    )
+
+
+def _documented(description: str, model: type[BaseModel] = ErrorResponse) -> dict[str, Any]:
+    return {"model": model, "description": description}
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _documented("Malformed request: a body that is not JSON, a path or query string that is not UTF-8"),
+    401: _documented("Missing, malformed, expired or otherwise invalid bearer token"),
+    403: _documented("The user id in the path is not yours; or, creating a task, the task quota is reached"),
+    404: _documented("No such task, or not yours"),
+    413: _documented("Request body over 64 KiB"),
+    422: _documented("Invalid input", ValidationErrorResponse),
+    429: _documented("Rate limit exceeded; see Retry-After"),
+    503: _documented("Database unavailable; see Retry-After"),
+}
