@@ -124,7 +124,8 @@ async def _create_schema(database_url: str) -> None:
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from backend import models
-    from backend.db import create_schema, normalize_database_url
+    from backend.database_url import normalize_database_url
+    from backend.db import create_schema
 
     assert models.tasks_table is not None  # importing the models registers the tables
     engine = create_async_engine(normalize_database_url(database_url))

@@ -4,7 +4,8 @@ import pytest
 from sqlalchemy import text
 
 from backend.config import Settings
-from backend.db import AUTOCOMMIT_READS, _postgres_connect_args, create_engine, is_pgbouncer, normalize_database_url
+from backend.database_url import is_pgbouncer, normalize_database_url
+from backend.db import AUTOCOMMIT_READS, _postgres_connect_args, create_engine
 from backend.tests.conftest import create_scratch_database, drop_scratch_database, make_settings
 
 NEON_POOLED = (
