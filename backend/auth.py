@@ -286,18 +286,3 @@ class AuthenticatedRoute(APIRoute):
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 OptionalPrincipalDep = Annotated[Principal | None, Depends(get_optional_principal)]
-
-
-def mint_dev_token(
-    settings: Settings, user_id: str, *, email: str | None = None, name: str | None = None, ttl_seconds: int = 24 * 3600
-) -> str:
-    """An HS256 token signed with BETTER_AUTH_SECRET, as a frontend minting its own would send."""
-    now = int(time.time())
-    claims = {
-        "sub": user_id,
-        "email": email or f"{user_id}@example.com",
-        "name": name or user_id.title(),
-        "iat": now,
-        "exp": now + ttl_seconds,
-    }
-    return jwt.encode(claims, settings.better_auth_secret, algorithm="HS256")

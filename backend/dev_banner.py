@@ -4,8 +4,8 @@ import argparse
 
 from sqlalchemy.engine import make_url
 
-from backend.auth import mint_dev_token
 from backend.config import Settings, get_settings
+from backend.dev_token import mint_dev_token
 from backend.explorers import ASSETS_DIR
 
 DEV_USER = "alice"

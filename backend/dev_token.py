@@ -1,9 +1,26 @@
 """`make token USER=alice`: print an HS256 bearer token signed with the configured BETTER_AUTH_SECRET."""
 
 import argparse
+import time
 
-from backend.auth import mint_dev_token
-from backend.config import get_settings
+import jwt
+
+from backend.config import Settings, get_settings
+
+
+def mint_dev_token(
+    settings: Settings, user_id: str, *, email: str | None = None, name: str | None = None, ttl_seconds: int = 24 * 3600
+) -> str:
+    """An HS256 token signed with BETTER_AUTH_SECRET, as a frontend minting its own would send."""
+    now = int(time.time())
+    claims = {
+        "sub": user_id,
+        "email": email or f"{user_id}@example.com",
+        "name": name or user_id.title(),
+        "iat": now,
+        "exp": now + ttl_seconds,
+    }
+    return jwt.encode(claims, settings.better_auth_secret, algorithm="HS256")
 
 
 def main() -> None:

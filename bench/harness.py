@@ -153,8 +153,8 @@ def bench_environment(settings: BenchSettings, results_dir: Path) -> Iterator[Be
     os.environ.update(app_env)
     asyncio.run(_admin(settings.admin_url, f'CREATE DATABASE "{name}"'))
     try:
-        from backend.auth import mint_dev_token
         from backend.config import get_settings
+        from backend.dev_token import mint_dev_token
 
         app_settings = get_settings()
         asyncio.run(_create_schema(database_url))
