@@ -137,10 +137,11 @@ class RateLimiter:
     async def charge(self, key: str, cost: int = 1) -> int | None:
         """Take `cost` units from `key`'s budget: None if granted, else seconds until it resets.
 
-        A refused charge takes nothing. In Redis, a test and the hit after it are two round trips:
-        concurrent charges of one caller that each fit alone may all pass (the budget is then
-        overdrawn by less than their sum), or the later ones may fail their hit and be charged
-        although refused. A cost larger than the limit is always refused.
+        A refused charge takes nothing, with one race: in Redis the test and the hit are two round
+        trips, so when concurrent charges of one caller each fit the budget alone but not together,
+        the later hit is refused and its cost stays charged until the window resets. A granted
+        charge never overdraws the budget. (In memory no charge yields to another mid-way.) A cost
+        of 0 or less charges nothing; a cost larger than the limit is always refused.
         """
         if cost <= 0:
             return None

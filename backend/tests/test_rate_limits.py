@@ -257,6 +257,23 @@ async def test_a_cost_the_budget_cannot_cover_is_refused_and_charges_nothing(
         await app.state.limiter.aclose()
 
 
+@pytest.mark.parametrize("storage", ["memory", "redis"])
+async def test_concurrent_costs_never_overdraw_the_budget(
+    sqlite_url: str, shared_redis: RedisServer, storage: str
+) -> None:
+    settings = make_settings(
+        sqlite_url, rate_limit="5/minute", redis_url=shared_redis.url if storage == "redis" else None
+    )
+    limiter = rate_limit.create_limiter(settings)
+    try:
+        caller = f"user:{new_user()}"
+        refusals = await asyncio.gather(*(limiter.charge(caller, 3) for _ in range(4)))
+        assert sum(refused is None for refused in refusals) == 1  # 3 fits in 5 once; never twice, even racing
+        assert limiter.counting_in_redis == (storage == "redis")
+    finally:
+        await limiter.aclose()
+
+
 class SilentServer:
     """Accepts TCP connections on a spare port and never answers: a hung Redis, or one behind a dead proxy."""
 
