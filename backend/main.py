@@ -22,7 +22,7 @@ from backend.http_errors import register_error_handlers
 from backend.metrics import create_metrics_router, instrument_pool
 from backend.middleware import HttpHardeningMiddleware
 from backend.observability import ObservabilityMiddleware, configure_logging
-from backend.rate_limit import build_rate_limit_check, create_limiter
+from backend.rate_limit import create_limiter
 from backend.routes import api_router, health
 from backend.services import tasks as task_service
 
@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
                 with contextlib.suppress(asyncio.CancelledError):
                     await purger
                 stop_pool_metrics()
+                await app.state.limiter.aclose()
                 if engine is None:
                     await app_engine.dispose()
 
@@ -107,7 +108,6 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     )
     app.state.settings = settings
     app.state.limiter = create_limiter(settings)
-    app.state.check_rate_limit = build_rate_limit_check(app.state.limiter, settings.rate_limit)
 
     register_error_handlers(app)
     app.include_router(api_router)

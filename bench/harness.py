@@ -6,10 +6,12 @@ import json
 import os
 import resource
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -50,6 +52,10 @@ def _env_float(name: str, default: float) -> float:
     return float(os.environ.get(name, default))
 
 
+def _env_names(name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in os.environ.get(name, "").split(",") if item.strip())
+
+
 @dataclass(frozen=True)
 class BenchSettings:
     """Everything a run can vary, from BENCH_* environment variables."""
@@ -64,7 +70,11 @@ class BenchSettings:
         default_factory=lambda: tuple(int(n) for n in os.environ.get("BENCH_WORKERS", "1,2").split(",") if n.strip())
     )
     rate_limit: str = field(default_factory=lambda: os.environ.get("BENCH_RATE_LIMIT", "1000000/minute"))
+    # Redis for the case that counts the rate limit there (empty: a throwaway redis-server); the other cases count
+    # in the worker's memory.
     redis_url: str = field(default_factory=lambda: os.environ.get("BENCH_REDIS_URL", ""))
+    # Only the cases named here, comma-separated (empty: all, with the sequential and SQL probes).
+    cases: tuple[str, ...] = field(default_factory=lambda: _env_names("BENCH_CASES"))
     probe_requests: int = field(default_factory=lambda: _env_int("BENCH_PROBE_REQUESTS", 300))
     users: int = field(default_factory=lambda: _env_int("BENCH_USERS", 1000))
     tasks_per_user: int = field(default_factory=lambda: _env_int("BENCH_TASKS_PER_USER", 50))
@@ -82,6 +92,9 @@ class BenchSettings:
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "admin_url"}
+
+    def selects(self, case: str) -> bool:
+        return not self.cases or case in self.cases
 
 
 @dataclass
@@ -147,7 +160,7 @@ def bench_environment(settings: BenchSettings, results_dir: Path) -> Iterator[Be
         "BETTER_AUTH_SECRET": secret,
         "DATABASE_URL": database_url,
         "RATE_LIMIT": settings.rate_limit,  # rate limiting stays on, with a budget the load never exhausts
-        "REDIS_URL": settings.redis_url,
+        "REDIS_URL": "",  # counted in memory; the Redis case sets its own
     }
     # The app's modules read their settings at import: import them only once this is set.
     os.environ.update(app_env)
@@ -189,6 +202,36 @@ def bench_environment(settings: BenchSettings, results_dir: Path) -> Iterator[Be
     finally:
         asyncio.run(_admin(settings.admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         print(f"dropped {name}")
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextmanager
+def redis_for_bench(settings: BenchSettings) -> Iterator[str | None]:
+    """BENCH_REDIS_URL, else a redis-server of our own on a spare port (None when none is installed)."""
+    if settings.redis_url:
+        yield settings.redis_url
+        return
+    if shutil.which("redis-server") is None:
+        yield None
+        return
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="todo-bench-redis-") as directory:
+        command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        process = subprocess.Popen([*command, "--dir", directory], stdout=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while not _listening(port):
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError(f"redis-server did not listen on port {port}")
+                time.sleep(0.05)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            process.terminate()
+            process.wait()
 
 
 def busy_cores(seconds: float = 2.0) -> float:

@@ -147,6 +147,24 @@ def check_responses(env: BenchEnv, server: Server, cases: list[tuple[str, Reques
     return problems
 
 
+def check_counting_in_redis(server: Server, redis_url: str) -> list[str]:
+    """The Redis case measured Redis only if the worker counted there, and never fell back to memory."""
+    import redis
+
+    from backend.rate_limit import KEY_PREFIX
+
+    with redis.Redis.from_url(redis_url, socket_timeout=5) as client:
+        counters = next(iter(client.scan_iter(match=f"{KEY_PREFIX}:*", count=1000)), None)
+    problems = []
+    if counters is None:
+        problems.append(f"{server.name}: no rate-limit counters in Redis")
+    if "rate limit storage unreachable" in server.log_path.read_text(errors="replace"):
+        problems.append(f"{server.name}: the worker lost Redis during the case; see {server.log_path}")
+    for problem in problems:
+        print(f"  CHECK FAILED {problem}")
+    return problems
+
+
 def _sequential(port: int, path: str, token: str, count: int) -> dict[str, Any]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     headers = {"Authorization": f"Bearer {token}"}

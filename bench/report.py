@@ -57,6 +57,7 @@ def targets_table(results: dict[str, Any]) -> str:
     create = _find(results, "REST create", "app-w1")
     stress = _find(results, "REST list @", "app-w1")
     ceiling = _find(results, "REST list", "ceiling")
+    redis = _find(results, "REST list (Redis)", "app-w1-redis")
     if rest:
         ok = rest["rps"] >= TARGET_LIST_RPS and rest["failures"] == 0
         rows.append(
@@ -83,6 +84,16 @@ def targets_table(results: dict[str, Any]) -> str:
         )
         rss = ", ".join(f"{mb:.0f}" for mb in stress["worker_rss_mb"])
         rows.append((f"Worker RSS after the {stress['connections']}-connection run (report)", f"{rss} MiB", "", None))
+    if rest and redis:
+        cpu = f"worker CPU {redis['worker_cpu_ms_per_req']:.2f} vs {rest['worker_cpu_ms_per_req']:.2f} ms/req"
+        rows.append(
+            (
+                "Rate limit counted in Redis vs in memory, REST list (report)",
+                f"{redis['rps']:,.0f} vs {rest['rps']:,.0f} req/s; {cpu}",
+                f"{redis['rps'] / rest['rps']:.2f}x" if rest["rps"] else "",
+                None,
+            )
+        )
     if rest and ceiling:
         share = rest["rps"] / ceiling["rps"] if ceiling["rps"] else 0.0
         rows.append(

@@ -30,14 +30,15 @@ from bench.harness import (
     Server,
     bench_environment,
     raise_open_file_limit,
+    redis_for_bench,
     reset_data,
     running,
 )
-from bench.measure import best_of, check_responses, large_user_probes, sql_probes
+from bench.measure import best_of, check_counting_in_redis, check_responses, large_user_probes, sql_probes
 from bench.wrk import Request, ensure_wrk
 
 PACKAGES: tuple[str, ...] = ("fastapi", "starlette", "strawberry-graphql", "graphql-core", "sqlalchemy", "sqlmodel")
-PACKAGES += ("asyncpg", "pydantic", "uvicorn", "uvloop", "httptools", "pyjwt", "orjson", "slowapi", "limits")
+PACKAGES += ("asyncpg", "pydantic", "uvicorn", "uvloop", "httptools", "pyjwt", "orjson", "limits", "redis")
 
 
 def machine_info() -> dict[str, Any]:
@@ -75,29 +76,49 @@ APP_CASES: list[tuple[str, Request]] = [
 CEILING_CASES: list[tuple[str, Request]] = [("REST list", REST_LIST), ("REST create", REST_CREATE)]
 
 
+REDIS_CASE = "REST list (Redis)"
+
+
+def app_cases(settings: BenchSettings) -> list[tuple[str, Request, int]]:
+    return [
+        ("REST list", REST_LIST, settings.connections),
+        ("GraphQL list", GRAPHQL_LIST, settings.connections),
+        (f"REST list @{settings.stress_connections}", REST_LIST, settings.stress_connections),
+        ("REST create", REST_CREATE, settings.connections),
+    ]
+
+
 def bench_app(env: BenchEnv, workers: int, results: dict[str, Any]) -> None:
     settings = env.settings
+    cases = [case for case in app_cases(settings) if settings.selects(case[0])]
+    if not cases:
+        return
     server = Server(f"app-w{workers}", settings.app, workers, env, {})
     with running(server, env.small_token):
         print(f"{server.name}: uvicorn {settings.app} --workers {workers} on {server.base_url}")
         results["problems"] += check_responses(env, server, APP_CASES)
         reset_data(env)
-        for name, request in APP_CASES[:2]:
-            results["cases"].append(best_of(env, server, name, request, connections=settings.connections))
-        results["cases"].append(
-            best_of(
-                env,
-                server,
-                f"REST list @{settings.stress_connections}",
-                REST_LIST,
-                connections=settings.stress_connections,
-            )
-        )
-        results["cases"].append(
-            best_of(env, server, "REST create", REST_CREATE, connections=settings.connections, reset=True)
-        )
-        if workers == 1:
+        for name, request, connections in cases:
+            reset = request.method == "POST"
+            results["cases"].append(best_of(env, server, name, request, connections=connections, reset=reset))
+        if workers == 1 and not settings.cases:
             results["probes"] = large_user_probes(env, server)
+
+
+def bench_rate_limit_in_redis(env: BenchEnv, results: dict[str, Any]) -> None:
+    """The REST list on one worker again, its rate limit counted in Redis instead of the worker's memory."""
+    settings = env.settings
+    with redis_for_bench(settings) as redis_url:
+        if redis_url is None:
+            print(f"{REDIS_CASE}: skipped, no redis-server installed and no BENCH_REDIS_URL")
+            return
+        server = Server("app-w1-redis", settings.app, 1, env, {"REDIS_URL": redis_url})
+        with running(server, env.small_token):
+            print(f"{REDIS_CASE}: uvicorn {settings.app} --workers 1 on {server.base_url}, REDIS_URL={redis_url}")
+            results["problems"] += check_responses(env, server, [(REDIS_CASE, REST_LIST)])
+            case = best_of(env, server, REDIS_CASE, REST_LIST, connections=settings.connections)
+            results["cases"].append(case)
+            results["problems"] += check_counting_in_redis(server, redis_url)
 
 
 def bench_ceiling(env: BenchEnv, results: dict[str, Any]) -> None:
@@ -113,6 +134,8 @@ def bench_ceiling(env: BenchEnv, results: dict[str, Any]) -> None:
         results["problems"] += check_responses(env, server, CEILING_CASES)
         reset_data(env)
         for name, request in CEILING_CASES:
+            if not settings.selects(name):
+                continue
             reset = request.method == "POST"
             results["cases"].append(best_of(env, server, name, request, connections=settings.connections, reset=reset))
 
@@ -131,9 +154,12 @@ def measure(settings: BenchSettings, results_dir: Path) -> dict[str, Any]:
         meta["seed_seconds"] = round(env.data.seconds, 1)
         for workers in settings.workers:
             bench_app(env, workers, results)
+        if settings.selects(REDIS_CASE):
+            bench_rate_limit_in_redis(env, results)
         if settings.ceiling:
             bench_ceiling(env, results)
-        results["sql"] = sql_probes(env)
+        if not settings.cases:
+            results["sql"] = sql_probes(env)
     meta["load_after"] = proc.load_average()
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
     return {"meta": meta, **results}

@@ -1,7 +1,10 @@
 """Rate limits: one budget per caller across REST and GraphQL, shared by instances through a real Redis."""
 
 import asyncio
+import contextlib
 import logging
+import socket
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -12,11 +15,15 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.routing import iter_route_contexts
+from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
+from backend import rate_limit
+from backend.errors import RateLimited
 from backend.main import create_app
+from backend.rate_limit import enforce_rate_limit
 from backend.tests.conftest import make_settings
 from backend.tests.factories import auth_headers
 from backend.tests.services_fixtures import RedisServer, asgi_client, record_figure, redis_server, serving
@@ -213,7 +220,7 @@ def redis_keys_for(server: RedisServer, user: str) -> list[Any]:
 
 
 async def wait_until_counting_in(server: RedisServer, client: httpx.AsyncClient) -> float:
-    """Requests until this instance counts in Redis again; slowapi re-probes with a backoff."""
+    """Requests until this instance counts in Redis again; the limiter re-probes it with a backoff."""
     started = time.monotonic()
     while time.monotonic() - started < REDIS_RECOVERY_SECONDS:
         probe = new_user()
@@ -266,9 +273,160 @@ async def test_redis_outage_degrades_to_per_instance_limits_and_recovers(
 
 
 def logged_by_app(caplog: pytest.LogCaptureFixture) -> str:
-    """Warnings of the app's own loggers (slowapi's are muted unless the root logger has a handler)."""
+    """Warnings of the app's own loggers."""
     return "\n".join(
         record.getMessage()
         for record in caplog.records
         if record.name.startswith("backend.") and record.levelno >= logging.WARNING
     )
+
+
+def anonymous_request(app: FastAPI, client_ip: str) -> Request:
+    """The request `enforce_rate_limit` sees from a caller without a token at `client_ip`."""
+    scope = {"type": "http", "app": app, "method": "POST", "path": "/graphql", "headers": [], "client": (client_ip, 1)}
+    return Request(scope)
+
+
+def rejections() -> float:
+    return REGISTRY.get_sample_value("todo_rate_limit_rejections_total") or 0.0
+
+
+@pytest.mark.parametrize("storage", ["memory", "redis"])
+async def test_a_cost_the_budget_cannot_cover_is_refused_and_charges_nothing(
+    sqlite_url: str, shared_redis: RedisServer, storage: str
+) -> None:
+    app = limited_app(sqlite_url, "5/minute", redis_url=shared_redis.url if storage == "redis" else None)
+    caller = f"2001:db8::{uuid.uuid4().hex[:4]}"
+    request = anonymous_request(app, caller)
+    try:
+        await enforce_rate_limit(request, cost=3)
+        before = rejections()
+        with pytest.raises(RateLimited) as refused:
+            await enforce_rate_limit(request, cost=3)
+        assert 1 <= int(refused.value.headers["Retry-After"]) <= 60
+        assert rejections() == before + 1
+        await enforce_rate_limit(request, cost=2)  # the refused 3 took nothing: 2 were left
+        await enforce_rate_limit(request, cost=0)  # free, even with the budget spent
+        with pytest.raises(RateLimited):
+            await enforce_rate_limit(request)
+        assert app.state.limiter.counting_in_redis == (storage == "redis")
+        assert bool(redis_keys_for(shared_redis, caller)) == (storage == "redis")
+    finally:
+        await app.state.limiter.aclose()
+
+
+@pytest.mark.parametrize("storage", ["memory", "redis"])
+async def test_concurrent_costs_never_overdraw_the_budget(
+    sqlite_url: str, shared_redis: RedisServer, storage: str
+) -> None:
+    settings = make_settings(
+        sqlite_url, rate_limit="5/minute", redis_url=shared_redis.url if storage == "redis" else None
+    )
+    limiter = rate_limit.create_limiter(settings)
+    try:
+        caller = f"user:{new_user()}"
+        refusals = await asyncio.gather(*(limiter.charge(caller, 3) for _ in range(4)))
+        assert sum(refused is None for refused in refusals) == 1  # 3 fits in 5 once; never twice, even racing
+        assert limiter.counting_in_redis == (storage == "redis")
+    finally:
+        await limiter.aclose()
+
+
+class SilentServer:
+    """Accepts TCP connections on a spare port and never answers: a hung Redis, or one behind a dead proxy."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.05)
+        self.port: int = self.listener.getsockname()[1]
+        self.connections: list[socket.socket] = []
+        self.accepted = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            with contextlib.suppress(TimeoutError):
+                self.connections.append(self.listener.accept()[0])
+                self._loop.call_soon_threadsafe(self.accepted.set)
+
+    async def wait_for_connections(self, count: int) -> None:
+        async with asyncio.timeout(10):
+            while len(self.connections) < count:
+                self.accepted.clear()
+                await self.accepted.wait()
+
+    def __enter__(self) -> "SilentServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stopped.set()
+        self._thread.join()
+        for connection in [*self.connections, self.listener]:
+            connection.close()
+
+
+async def longest_stall_of_the_loop(until: asyncio.Event) -> float:
+    """The longest the event loop went without running this task (it asks to run every 10 ms)."""
+    longest, last = 0.0, time.monotonic()
+    while not until.is_set():
+        await asyncio.sleep(0.01)
+        now = time.monotonic()
+        longest, last = max(longest, now - last), now
+    return longest
+
+
+async def test_a_redis_that_never_answers_does_not_block_the_event_loop(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A longer wait than production's, so that a loop blocked for it cannot pass for scheduling noise.
+    redis_wait = 2.0
+    monkeypatch.setattr(rate_limit, "REDIS_TIMEOUT_SECONDS", redis_wait)
+    monkeypatch.setattr(rate_limit, "PROBE_FIRST_DELAY_SECONDS", 600.0)  # no re-probe while the test runs
+    caplog.set_level(logging.WARNING)
+    users = [new_user() for _ in range(20)]
+    async with serving(limited_app(sqlite_url, "1000/minute")) as warm_up:  # first-request costs out of the way
+        assert (await get_tasks(warm_up, users[0])).status_code == 200
+    with SilentServer() as redis_server_that_hangs:
+        app = limited_app(sqlite_url, "1000/minute", redis_url=f"redis://127.0.0.1:{redis_server_that_hangs.port}/0")
+        async with serving(app) as client:
+            done = asyncio.Event()
+            stall = asyncio.create_task(longest_stall_of_the_loop(until=done))
+            started = time.monotonic()
+            waiting = [asyncio.create_task(get_tasks(client, user)) for user in users]
+            await redis_server_that_hangs.wait_for_connections(1)
+            assert (await client.get("/health")).status_code == 200
+            assert not any(request.done() for request in waiting)  # /health answered while they wait on Redis
+
+            # Bounded: without the timeout they would wait forever on a server that never answers.
+            responses = await asyncio.wait_for(asyncio.gather(*waiting), timeout=30)
+            slowest = time.monotonic() - started
+            done.set()
+            assert [response.status_code for response in responses] == [200] * len(users)
+            stalled = await stall
+            assert stalled < redis_wait / 2  # a request blocking the loop on Redis would stall it >= redis_wait
+
+            tried = len(redis_server_that_hangs.connections)
+            responses = await asyncio.gather(*(get_tasks(client, user) for user in users))
+            assert [response.status_code for response in responses] == [200] * len(users)
+            assert len(redis_server_that_hangs.connections) == tried  # counted in memory, Redis left alone
+    assert logged_by_app(caplog).count("rate limit storage unreachable") == 1
+    served = f"{len(users)} requests served in {slowest:.1f} s (Redis timeout in the test {redis_wait:.0f} s)"
+    record_figure("Hung Redis", f"{served}; longest loop stall {stalled:.2f} s")
+
+
+async def test_shutdown_cancels_a_probe_waiting_on_a_hung_redis(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rate_limit, "REDIS_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(rate_limit, "PROBE_FIRST_DELAY_SECONDS", 0.0)
+    with SilentServer() as redis_server_that_hangs:
+        settings = make_settings(sqlite_url, redis_url=f"redis://127.0.0.1:{redis_server_that_hangs.port}/0")
+        limiter = rate_limit.create_limiter(settings)
+        assert await limiter.charge("user:a") is None  # counted in memory after the Redis timeout
+        await redis_server_that_hangs.wait_for_connections(2)  # the probe's own, waiting for an answer
+        closing = asyncio.create_task(limiter.aclose())
+        await asyncio.wait({closing}, timeout=5)  # unlike wait_for, gives up without cancelling it
+        assert closing.done(), "aclose() is still waiting for the probe"
