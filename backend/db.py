@@ -9,16 +9,16 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import Table, event, text
+from sqlalchemy import Table, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlmodel import SQLModel
 
 from backend.config import Settings
 from backend.database_url import is_pgbouncer, normalize_database_url, ssl_mode
 from backend.errors import ServiceUnavailable
+from backend.migrations import upgrade_to_head
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,6 @@ _AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
 AUTOCOMMIT_READS = "todo_autocommit_reads"  # an engine option: may reads skip BEGIN and ROLLBACK?
 # What PgBouncer answers to a startup parameter it does not know; PostgreSQL itself never says it.
 _REFUSED_STARTUP_PARAMETER = "unsupported startup parameter"
-_SCHEMA_LOCK_ID = 727_274_001  # pg_advisory_xact_lock key: one instance creates the schema at a time
 
 
 def _postgres_connect_args(settings: Settings, *, pgbouncer: bool | None = None) -> dict[str, Any]:
@@ -207,20 +206,43 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
-async def create_schema(engine: AsyncEngine, *, attempts: int = 5) -> None:
-    """Create missing tables and indexes; never alters a table that exists (Better Auth's "user")."""
+def migration_settings(settings: Settings) -> Settings:
+    """The settings for an engine that migrates: one connection, no statement timeout.
+
+    A revision may build an index over every row, and an instance starting meanwhile waits for it:
+    neither is a runaway query. Unless DB_PGBOUNCER says otherwise, PgBouncer mode: it suits one
+    transaction on any server, and skips the pooler detection (the app's engine does that, and warns once).
+    """
+    pgbouncer = True if settings.db_pgbouncer is None else settings.db_pgbouncer
+    unbounded = {"db_statement_timeout_ms": 0, "db_pgbouncer": pgbouncer, "db_pool_size": 1, "db_max_overflow": 0}
+    return settings.model_copy(update=unbounded)
+
+
+async def migrate_database(settings: Settings) -> None:
+    """Start-up's migration, on an engine of its own: the app's keeps DB_STATEMENT_TIMEOUT_MS."""
+    engine = create_engine(migration_settings(settings))
+    try:
+        await migrate_to_head(engine)
+    finally:
+        await engine.dispose()
+
+
+async def migrate_to_head(engine: AsyncEngine, *, attempts: int = 5) -> None:
+    """Bring the schema to the newest revision (backend/migrations), one instance at a time.
+
+    One transaction: PostgreSQL holds an advisory lock in it, SQLite's BEGIN IMMEDIATE the write
+    lock, so instances starting together take turns and the later ones find nothing left to do.
+    """
     for attempt in range(1, attempts + 1):
         try:
             async with engine.begin() as connection:
-                if connection.dialect.name == "postgresql":
-                    await connection.execute(text(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_ID})"))
-                await connection.run_sync(SQLModel.metadata.create_all, checkfirst=True)
+                await connection.run_sync(upgrade_to_head)
             return
         except (OperationalError, ProgrammingError) as exc:
-            # Two instances racing on SQLite both see "no table" and one then fails; the retry sees it.
+            # SQLite may still report a lost race (a busy timeout); the retry finds the schema migrated.
             if attempt == attempts:
                 raise
-            logger.warning("schema creation raced or failed (%s); retrying", exc.__class__.__name__)
+            logger.warning("schema migration raced or failed (%s); retrying", exc.__class__.__name__)
             await asyncio.sleep(0.2 * attempt)
 
 

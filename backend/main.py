@@ -15,7 +15,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from backend.auth import JwksCache, TokenVerifier
 from backend.config import Settings, get_settings
-from backend.db import create_admission_gate, create_engine, create_schema, create_sessionmaker
+from backend.db import create_admission_gate, create_engine, create_sessionmaker, migrate_database
 from backend.explorers import mount_explorers
 from backend.gql.schema import create_graphql_router
 from backend.http_errors import register_error_handlers
@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
         app_engine = engine or create_engine(settings)
         stop_pool_metrics = instrument_pool(app_engine)
         if engine is None:
-            await create_schema(app_engine)
+            await migrate_database(settings)
         app.state.engine = app_engine
         app.state.sessionmaker = create_sessionmaker(app_engine)
         app.state.db_gate = create_admission_gate(app_engine)

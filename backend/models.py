@@ -17,7 +17,6 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 from sqlalchemy import (
-    DDL,
     JSON,
     Boolean,
     CheckConstraint,
@@ -30,7 +29,6 @@ from sqlalchemy import (
     Text,
     case,
     cast,
-    event,
     func,
     text,
 )
@@ -183,7 +181,7 @@ Index(
     tasks_table.c.id,
 ).ddl_if(dialect="postgresql")
 # PostgreSQL only: trigram indexes answer `lower(column) LIKE '%text%'` (sql_functions.contains_ignoring_case)
-# without reading every task of the user; they need the pg_trgm extension (created with the schema).
+# without reading every task of the user; they need the pg_trgm extension (revision 0002_trigram_search).
 for searched in (tasks_table.c.title, tasks_table.c.description):
     Index(
         f"ix_tasks_{searched.name}_trgm",
@@ -200,17 +198,11 @@ Index(
 ).ddl_if(dialect="postgresql")
 
 
-event.listen(
-    tasks_table,
-    "before_create",
-    DDL("CREATE EXTENSION IF NOT EXISTS pg_trgm").execute_if(dialect="postgresql"),  # type: ignore[no-untyped-call]
-)
-
-
 class TaskCount(SQLModel, table=True):
     """Each user's task totals, kept by database triggers, so a list's total costs one row read.
 
-    Triggers (not the service) maintain it, so rows written by any tool are counted too.
+    Triggers (not the service) maintain it, so rows written by any tool are counted too. The triggers
+    and the backfill are in migration backend/migrations/versions/0001_baseline.py; a change is a new revision.
     """
 
     __tablename__: ClassVar[str] = "task_counts"
@@ -223,80 +215,6 @@ class TaskCount(SQLModel, table=True):
 
 
 task_counts_table = TaskCount.__table__  # type: ignore[attr-defined]
-task_counts_table.add_is_dependent_on(tasks_table)  # created after tasks: its triggers and backfill read it
-
-_BACKFILL_TASK_COUNTS = """
-INSERT INTO task_counts (user_id, total, completed)
-SELECT user_id, count(*), sum(CASE WHEN completed THEN 1 ELSE 0 END) FROM tasks GROUP BY user_id
-"""
-# PostgreSQL: statement-level triggers with transition tables, so a bulk load (COPY, a seed script)
-# updates each user's counts once per statement instead of once per row.
-_POSTGRES_COUNT_TRIGGER = (
-    """
-CREATE OR REPLACE FUNCTION task_counts_follow() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO task_counts (user_id, total, completed)
-        SELECT user_id, count(*), count(*) FILTER (WHERE completed) FROM new_rows GROUP BY user_id
-        ON CONFLICT (user_id) DO UPDATE
-        SET total = task_counts.total + EXCLUDED.total, completed = task_counts.completed + EXCLUDED.completed;
-    ELSIF TG_OP = 'DELETE' THEN
-        UPDATE task_counts
-        SET total = task_counts.total - gone.total, completed = task_counts.completed - gone.completed
-        FROM (SELECT user_id, count(*) AS total, count(*) FILTER (WHERE completed) AS completed
-              FROM old_rows GROUP BY user_id) AS gone
-        WHERE task_counts.user_id = gone.user_id;
-    ELSE
-        INSERT INTO task_counts (user_id, total, completed)
-        SELECT user_id, sum(total), sum(completed) FROM (
-            SELECT user_id, -1 AS total, -completed::int AS completed FROM old_rows
-            UNION ALL
-            SELECT user_id, 1, completed::int FROM new_rows
-        ) AS changes
-        GROUP BY user_id HAVING sum(total) <> 0 OR sum(completed) <> 0
-        ON CONFLICT (user_id) DO UPDATE
-        SET total = task_counts.total + EXCLUDED.total, completed = task_counts.completed + EXCLUDED.completed;
-    END IF;
-    RETURN NULL;
-END $$
-""",
-    """
-CREATE OR REPLACE TRIGGER tasks_counted_insert AFTER INSERT ON tasks
-REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION task_counts_follow()
-""",
-    """
-CREATE OR REPLACE TRIGGER tasks_counted_update AFTER UPDATE ON tasks
-REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION task_counts_follow()
-""",
-    """
-CREATE OR REPLACE TRIGGER tasks_counted_delete AFTER DELETE ON tasks
-REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION task_counts_follow()
-""",
-)
-_SQLITE_COUNT_TRIGGERS = (
-    """
-CREATE TRIGGER tasks_counted_insert AFTER INSERT ON tasks BEGIN
-    INSERT INTO task_counts (user_id, total, completed) VALUES (NEW.user_id, 0, 0) ON CONFLICT (user_id) DO NOTHING;
-    UPDATE task_counts SET total = total + 1, completed = completed + NEW.completed WHERE user_id = NEW.user_id;
-END
-""",
-    """
-CREATE TRIGGER tasks_counted_delete AFTER DELETE ON tasks BEGIN
-    UPDATE task_counts SET total = total - 1, completed = completed - OLD.completed WHERE user_id = OLD.user_id;
-END
-""",
-    """
-CREATE TRIGGER tasks_counted_update AFTER UPDATE OF completed, user_id ON tasks BEGIN
-    UPDATE task_counts SET total = total - 1, completed = completed - OLD.completed WHERE user_id = OLD.user_id;
-    INSERT INTO task_counts (user_id, total, completed) VALUES (NEW.user_id, 0, 0) ON CONFLICT (user_id) DO NOTHING;
-    UPDATE task_counts SET total = total + 1, completed = completed + NEW.completed WHERE user_id = NEW.user_id;
-END
-""",
-)
-for dialect_name, statements in (("postgresql", _POSTGRES_COUNT_TRIGGER), ("sqlite", _SQLITE_COUNT_TRIGGERS)):
-    for statement in (_BACKFILL_TASK_COUNTS, *statements):
-        ddl = DDL(statement)  # type: ignore[no-untyped-call]  # SQLAlchemy leaves DDL.__init__ unannotated
-        event.listen(task_counts_table, "after_create", ddl.execute_if(dialect=dialect_name))
 
 
 class IdempotencyKey(SQLModel, table=True):

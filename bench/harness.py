@@ -133,17 +133,15 @@ async def _admin(admin_url: str, statement: str) -> None:
         await connection.close()
 
 
-async def _create_schema(database_url: str) -> None:
+async def _migrate_schema(database_url: str) -> None:
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from backend import models
     from backend.database_url import normalize_database_url
-    from backend.db import create_schema
+    from backend.db import migrate_to_head
 
-    assert models.tasks_table is not None  # importing the models registers the tables
     engine = create_async_engine(normalize_database_url(database_url))
     try:
-        await create_schema(engine)
+        await migrate_to_head(engine)
     finally:
         await engine.dispose()
 
@@ -170,7 +168,7 @@ def bench_environment(settings: BenchSettings, results_dir: Path) -> Iterator[Be
         from backend.dev_token import mint_dev_token
 
         app_settings = get_settings()
-        asyncio.run(_create_schema(database_url))
+        asyncio.run(_migrate_schema(database_url))
         print(
             f"seeding {name}: {settings.users} users x {settings.tasks_per_user} tasks + 1 x {settings.big_user_tasks}"
         )

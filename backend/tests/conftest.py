@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.config import Settings
-from backend.db import create_engine, create_schema, get_session
+from backend.db import create_engine, get_session, migrate_to_head
 from backend.main import create_app
 from backend.tests.factories import TEST_SECRET
 from backend.tests.services_fixtures import FIGURES, pgbouncer
@@ -115,7 +115,7 @@ def dialect(database_url: str) -> str:
 @pytest.fixture(scope="session")
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(make_settings(database_url))
-    await create_schema(engine)
+    await migrate_to_head(engine)
     yield engine
     await engine.dispose()
 

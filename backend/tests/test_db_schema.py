@@ -3,11 +3,13 @@
 from typing import Any
 
 import pytest
+from alembic import command
 from sqlalchemy import inspect, literal, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from backend.db import create_engine, create_schema
+from backend.db import create_engine, migrate_to_head
+from backend.migrations import alembic_config
 from backend.models import tasks_table
 from backend.sql_functions import contains_ignoring_case
 from backend.tests.conftest import create_scratch_database, drop_scratch_database, make_settings
@@ -91,6 +93,7 @@ CREATE TABLE "user" (
 
 
 async def test_schema_creation_leaves_an_existing_user_table_alone() -> None:
+    """The baseline skips a user table Better Auth made; `alembic check` ignores the columns it added."""
     url = await create_scratch_database("todo_schema")
     engine = create_engine(make_settings(url))
     try:
@@ -102,11 +105,12 @@ async def test_schema_creation_leaves_an_existing_user_table_alone() -> None:
                     "VALUES ('ba1', 'Ann', 'ann@example.com', true, 'admin')"
                 )
             )
-        await create_schema(engine)
-        await create_schema(engine)  # idempotent
+        await migrate_to_head(engine)
+        await migrate_to_head(engine)  # idempotent
         async with engine.begin() as connection:
             columns = await connection.run_sync(lambda sync: {c["name"] for c in inspect(sync).get_columns("user")})
             assert "role" in columns
+            await connection.run_sync(lambda sync: command.check(alembic_config(sync)))
             await connection.execute(text("INSERT INTO tasks (user_id, title) VALUES ('ba1', 'works')"))
             row = (await connection.execute(text('SELECT name, role FROM "user"'))).one()
             assert (row.name, row.role) == ("Ann", "admin")

@@ -22,7 +22,7 @@ import jwt
 import pytest
 from sqlalchemy.engine import make_url
 
-from backend.db import create_engine, create_schema
+from backend.db import create_engine, migrate_to_head
 from backend.main import create_app
 from backend.tests.conftest import create_scratch_database, drop_scratch_database, make_settings
 from backend.tests.factories import TEST_SECRET
@@ -342,7 +342,7 @@ async def test_better_auth_migrates_and_signs_up_on_the_apis_user_table(tmp_path
     database_url = await create_scratch_database("todo_e2e_api_first")
     try:
         engine = create_engine(make_settings(database_url))
-        await create_schema(engine)
+        await migrate_to_head(engine)
         await engine.dispose()
         async with running_better_auth(database_url, tmp_path) as server:
             carol = await sign_up(server, "Carol")

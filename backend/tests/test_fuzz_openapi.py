@@ -27,7 +27,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from backend.db import create_engine, create_schema, create_sessionmaker
+from backend.db import create_engine, create_sessionmaker, migrate_to_head
 from backend.main import create_app
 from backend.tests.conftest import create_scratch_database, drop_scratch_database, make_settings
 from backend.tests.factories import auth_headers, create_task, principal
@@ -60,7 +60,7 @@ async def api_schema() -> AsyncIterator[Any]:
     url = await create_scratch_database("todo_fuzz")
     config = make_settings(url, rate_limit="1000000/minute")
     engine = create_engine(config)
-    await create_schema(engine)
+    await migrate_to_head(engine)
     async with create_sessionmaker(engine)() as session:
         for number in range(EXISTING_TASKS):
             await create_task(session, principal(USER), title=f"task {number}", tags=["fuzz"])
