@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 
 from aiodataloader import DataLoader
 
-from backend.models import TaskListQuery, UserPublic
+from backend.schemas import TaskListQuery, UserPublic
 from backend.services import tasks as task_service
 from backend.services import users as user_service
 from backend.services.tasks import TaskPage

@@ -16,7 +16,7 @@ from backend.gql.types import (
     resolve_tasks,
     validated,
 )
-from backend.models import TaskCreate, TaskUpdate
+from backend.schemas import TaskCreate, TaskUpdate
 from backend.services import tasks as task_service
 
 Info = strawberry.Info[Context, None]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import strawberry
 from pydantic import BaseModel, ValidationError
 
-from backend import models
+from backend import models, schemas
 from backend.errors import InvalidInput, readable_validation_errors
 from backend.services.tasks import TaskPage
 
@@ -23,7 +23,7 @@ def _describe_enum(python_enum: type[Enum], name: str, description: str, values:
 
 
 _describe_enum(
-    models.TaskStatus,
+    schemas.TaskStatus,
     "TaskStatus",
     "Which tasks a list returns, by completion.",
     {"ALL": "Every task.", "PENDING": "Tasks not completed yet.", "COMPLETED": "Completed tasks."},
@@ -35,7 +35,7 @@ _describe_enum(
     {"LOW": "Low priority.", "MEDIUM": "Medium priority (the default).", "HIGH": "High priority."},
 )
 _describe_enum(
-    models.TaskSort,
+    schemas.TaskSort,
     "TaskSort",
     "The key a task list is sorted by; ties are broken by id, so pages never overlap.",
     {
@@ -47,7 +47,7 @@ _describe_enum(
     },
 )
 _describe_enum(
-    models.SortOrder,
+    schemas.SortOrder,
     "SortOrder",
     "Sort direction.",
     {"ASC": "Ascending (oldest, A-Z, LOW first).", "DESC": "Descending (newest, Z-A, HIGH first)."},
@@ -94,7 +94,7 @@ class TaskType:
         return UserType.from_model(user)
 
     @classmethod
-    def from_model(cls, task: models.TaskPublic) -> "TaskType":
+    def from_model(cls, task: schemas.TaskPublic) -> "TaskType":
         return cls(
             id=task.id,
             user_id=task.user_id,
@@ -180,23 +180,23 @@ async def resolve_tasks(
     root: Any,
     info: strawberry.Info["Context", None],
     status: Annotated[
-        models.TaskStatus, strawberry.argument(description="Filter by completion.")
-    ] = models.TaskStatus.ALL,
+        schemas.TaskStatus, strawberry.argument(description="Filter by completion.")
+    ] = schemas.TaskStatus.ALL,
     priority: Annotated[models.Priority | None, strawberry.argument(description="Only tasks of this priority.")] = None,
     tag: Annotated[str | None, strawberry.argument(description="Only tasks with this tag, ignoring case.")] = None,
     search: Annotated[
         str | None,
         strawberry.argument(description="Case-insensitive text in title or description; % and _ are literal."),
     ] = None,
-    sort: Annotated[models.TaskSort, strawberry.argument(description="Sort key.")] = models.TaskSort.CREATED,
-    order: Annotated[models.SortOrder, strawberry.argument(description="Sort direction.")] = models.SortOrder.DESC,
+    sort: Annotated[schemas.TaskSort, strawberry.argument(description="Sort key.")] = schemas.TaskSort.CREATED,
+    order: Annotated[schemas.SortOrder, strawberry.argument(description="Sort direction.")] = schemas.SortOrder.DESC,
     page: Annotated[int, strawberry.argument(description="Page number, from 1.")] = 1,
     limit: Annotated[int, strawberry.argument(description="Page size, 1-100.")] = 20,
 ) -> TaskPageType:
     """Query.tasks and User.tasks: the same arguments, the same loader, the same service call."""
     user_id = root.id if isinstance(root, UserType) else info.context.principal.user_id
     query = validated(
-        models.TaskListQuery,
+        schemas.TaskListQuery,
         {
             "status": status,
             "priority": priority,
@@ -219,5 +219,5 @@ class UserType:
     tasks: TaskPageType = strawberry.field(resolver=resolve_tasks, description="This user's tasks, one page at a time.")
 
     @classmethod
-    def from_model(cls, user: models.UserPublic) -> "UserType":
+    def from_model(cls, user: schemas.UserPublic) -> "UserType":
         return cls(id=user.id, email=user.email, name=user.name)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from backend.auth import AuthenticatedRoute, PrincipalDep
 from backend.db import SessionDep
 from backend.http_errors import ERROR_RESPONSES, ErrorResponse
-from backend.models import (
+from backend.schemas import (
     INT32_MAX,
     CompleteInput,
     TaskCreate,

@@ -5,7 +5,7 @@ from fastapi import APIRouter
 from backend.auth import AuthenticatedRoute, PrincipalDep
 from backend.db import SessionDep
 from backend.http_errors import ERROR_RESPONSES
-from backend.models import UserPublic
+from backend.schemas import UserPublic
 from backend.services import users as user_service
 
 router = APIRouter(tags=["users"], route_class=AuthenticatedRoute, responses=ERROR_RESPONSES)

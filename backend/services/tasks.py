@@ -27,20 +27,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.db import insert_ignoring_conflicts, read_only
 from backend.errors import Conflict, Forbidden, InvalidInput, NotFound, PreconditionFailed, QuotaExceeded
-from backend.models import (
-    IdempotencyKey,
-    SortOrder,
-    TaskCreate,
-    TaskListQuery,
-    TaskPublic,
-    TaskSort,
-    TaskStatus,
-    priority_rank,
-    task_counts_table,
-    tasks_table,
-    utcnow,
-)
+from backend.models import IdempotencyKey, priority_rank, task_counts_table, tasks_table, utcnow
 from backend.principal import Principal
+from backend.schemas import SortOrder, TaskCreate, TaskListQuery, TaskPublic, TaskSort, TaskStatus
 from backend.services import users as user_service
 from backend.sql_functions import contains_ignoring_case, has_tag, unicode_lower
 

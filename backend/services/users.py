@@ -8,8 +8,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.db import insert_ignoring_conflicts, read_only
 from backend.errors import Forbidden, ServiceUnavailable
-from backend.models import User, UserPublic, utcnow
+from backend.models import User, utcnow
 from backend.principal import PLACEHOLDER_EMAIL_DOMAIN, Principal, is_reserved_email
+from backend.schemas import UserPublic
 
 users_table = User.__table__  # type: ignore[attr-defined]
 PLACEHOLDER_ATTEMPTS = 3

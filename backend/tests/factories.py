@@ -7,8 +7,8 @@ from typing import Any
 import jwt
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.models import TaskCreate, TaskPublic
 from backend.principal import Principal
+from backend.schemas import TaskCreate, TaskPublic
 from backend.services import tasks as task_service
 
 TEST_SECRET = "test-only-secret-" + "0123456789abcdef" * 3  # 64 bytes: no PyJWT key-length warnings

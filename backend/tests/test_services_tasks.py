@@ -10,8 +10,9 @@ from sqlalchemy import delete, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.errors import Forbidden, InvalidInput, NotFound, PreconditionFailed, QuotaExceeded
-from backend.models import TaskCreate, TaskListQuery, TaskUpdate, tasks_table
+from backend.models import tasks_table
 from backend.principal import Principal
+from backend.schemas import TaskCreate, TaskListQuery, TaskUpdate
 from backend.services import tasks as task_service
 from backend.services import users as user_service
 from backend.services.users import users_table
