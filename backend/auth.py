@@ -1,243 +1,23 @@
-"""Bearer-token authentication: Better Auth HS256 and JWKS (EdDSA/ES/RS/PS) tokens -> Principal."""
+"""FastAPI's side of authentication: the bearer token is checked before anything else about a request,
+and every handler gets one `RequestContext` (the verified principal and the request's database access)."""
 
-import asyncio
-import logging
-import math
-import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-import httpx
-import jwt
-from fastapi import Depends, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 
-from backend.config import Settings
+from backend.db import Database
 from backend.errors import DomainError, ServiceUnavailable, Unauthenticated
-from backend.principal import Principal, is_reserved_email
+from backend.principal import Principal
 from backend.rate_limit import enforce_rate_limit
-
-logger = logging.getLogger(__name__)
-
-HS_ALGORITHMS = frozenset({"HS256"})
-JWKS_ALGORITHMS = frozenset({"EdDSA", "ES256", "ES512", "RS256", "PS256"})
-MAX_TOKEN_LENGTH = 8192
-MAX_ID_LENGTH = 255
+from backend.tokens import bearer_token
 
 # Registers the scheme in OpenAPI (Swagger's "Authorize" button); the check itself is `authenticate`.
 bearer_scheme = HTTPBearer(auto_error=False, description="A Better Auth JWT: `Authorization: Bearer <token>`")
-
-
-def _text_claim(raw: Any, max_length: int = MAX_ID_LENGTH) -> str | None:
-    if not isinstance(raw, str):
-        return None
-    value: str = raw.strip()
-    if not value or len(value) > max_length or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-        return None
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return None
-    return value
-
-
-def principal_from_claims(claims: dict[str, Any]) -> Principal:
-    """User id from `sub`, Better Auth's session-cache shape, `user_id`, then `id`; never `userId` alone."""
-    user: dict[str, Any] = claims["user"] if isinstance(claims.get("user"), dict) else {}
-    session: dict[str, Any] = claims["session"] if isinstance(claims.get("session"), dict) else {}
-    user_id: str | None = None
-    if "sub" in claims:
-        user_id = _text_claim(claims["sub"])
-    elif session and user:
-        session_user, token_user = _text_claim(session.get("userId")), _text_claim(user.get("id"))
-        user_id = session_user if session_user is not None and session_user == token_user else None
-    elif "user_id" in claims:
-        user_id = _text_claim(claims["user_id"])
-    elif "id" in claims:
-        user_id = _text_claim(claims["id"])
-    if user_id is None:
-        raise Unauthenticated("Token carries no usable user id (sub)")
-    email = _text_claim(claims.get("email"), 320) or _text_claim(user.get("email"), 320)
-    if email is not None and is_reserved_email(email):
-        email = None  # the placeholder domain belongs to the API: a token cannot take an address there
-    name = _text_claim(claims.get("name")) or _text_claim(user.get("name"))
-    return Principal(user_id=user_id, email=email, name=name)
-
-
-_ERROR_DETAILS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
-    (jwt.ExpiredSignatureError, "Token has expired"),
-    (jwt.ImmatureSignatureError, "Token is not yet valid (nbf/iat in the future)"),
-    (jwt.InvalidSignatureError, "Invalid token signature"),
-    (jwt.InvalidIssuerError, "Wrong token issuer (iss)"),
-    (jwt.InvalidAudienceError, "Wrong token audience (aud)"),
-    (jwt.InvalidIssuedAtError, "Malformed token: iat must be a number"),
-    (jwt.exceptions.InvalidSubjectError, "Token carries no usable user id (sub must be a string)"),
-    (jwt.InvalidAlgorithmError, "Token algorithm does not match its key"),
-    (jwt.InvalidKeyError, "Token algorithm does not match its key"),
-    (jwt.DecodeError, "Malformed token"),
-)
-
-
-def _unauthenticated(exc: jwt.PyJWTError) -> Unauthenticated:
-    if isinstance(exc, jwt.MissingRequiredClaimError):
-        return Unauthenticated(f"Token is missing the required {exc.claim!r} claim")
-    for error_type, detail in _ERROR_DETAILS:
-        if isinstance(exc, error_type):
-            return Unauthenticated(detail)
-    return Unauthenticated("Invalid token")
-
-
-class JwksCache:
-    """Better Auth's public keys by `kid`; an unknown kid refetches the set, at most once per interval."""
-
-    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
-        self._url = settings.jwks_url
-        self._ttl = settings.jwks_cache_seconds
-        self._min_refetch = settings.jwks_min_refetch_seconds
-        self._timeout = settings.jwks_fetch_timeout
-        self._client = client
-        self._keys: dict[str, jwt.PyJWK] | None = None  # None until a fetch succeeds
-        self._fetched_at = float("-inf")
-        self._attempt_ended_at = float("-inf")
-        self._lock = asyncio.Lock()
-
-    async def key_for(self, kid: str) -> jwt.PyJWK:
-        if self._keys is None or kid not in self._keys or time.monotonic() - self._fetched_at > self._ttl:
-            await self._refresh()
-        if self._keys is None:
-            # A valid token must not log its user out because Better Auth is down: retry, not re-login.
-            raise ServiceUnavailable(
-                "Cannot verify the token: Better Auth's JWKS is unreachable",
-                retry_after=max(1, math.ceil(self._min_refetch)),
-            )
-        key = self._keys.get(kid)
-        if key is None:
-            raise Unauthenticated("Token signed with an unknown key (kid)")
-        return key
-
-    async def _refresh(self) -> None:
-        requested_at = time.monotonic()
-        async with self._lock:
-            # An attempt that ended after this request began (it waited on that one) or less than
-            # the interval before it answers it: a flood of bogus kids costs Better Auth one request
-            # per interval. A failed attempt keeps the keys fetched before.
-            if self._attempt_ended_at > requested_at - self._min_refetch:
-                return
-            try:
-                keys = await self._fetch()
-            except (httpx.HTTPError, httpx.InvalidURL, TimeoutError, ValueError) as exc:
-                logger.warning("JWKS fetch from %s failed: %r", self._url, exc)
-            else:
-                self._keys, self._fetched_at = keys, time.monotonic()
-            finally:
-                self._attempt_ended_at = time.monotonic()
-
-    async def _fetch(self) -> dict[str, jwt.PyJWK]:
-        async with asyncio.timeout(self._timeout):  # httpx's timeouts bound each read, not the whole response
-            response = await self._client.get(self._url)
-        response.raise_for_status()
-        document = response.json()
-        if not isinstance(document, dict):
-            raise ValueError("the JWKS is not a JSON object")
-        try:
-            key_set = jwt.PyJWKSet.from_dict(document)
-        except jwt.PyJWKSetError as exc:  # Better Auth mints its first key on the first /token call
-            logger.warning("JWKS at %s holds no usable key: %s", self._url, exc)
-            return {}
-        return {key.key_id: key for key in key_set.keys if isinstance(key.key_id, str)}
-
-
-class TokenVerifier:
-    """Verifies a bearer token with the verifier its algorithm selects; both yield one Principal."""
-
-    VERIFIED_CACHE_SIZE = 10_000
-
-    def __init__(self, settings: Settings, jwks: JwksCache) -> None:
-        # Verified tokens by their exact bytes: a client sends the same token for minutes, and
-        # PyJWT's checks cost more than the rest of a list request's Python. The signature of
-        # those bytes cannot change; exp and nbf are checked again on every use.
-        self._verified: dict[str, tuple[Principal, float, float]] = {}
-        self._secret = settings.better_auth_secret
-        self._leeway = settings.jwt_leeway_seconds
-        self._hs_issuer = settings.jwt_issuer
-        self._hs_audience = settings.jwt_audience
-        self._jwks_issuer = settings.jwt_issuer or settings.better_auth_origin
-        self._jwks_audience = settings.jwt_audience or settings.better_auth_origin
-        self._jwks = jwks
-
-    async def verify(self, token: str) -> Principal:
-        cached = self._verified.get(token)
-        if cached is not None:
-            principal, valid_from, valid_until = cached
-            if valid_from <= time.time() < valid_until:
-                return principal
-            del self._verified[token]
-        principal, claims = await self._verify(token)
-        self._remember(token, principal, claims)
-        return principal
-
-    def _remember(self, token: str, principal: Principal, claims: dict[str, Any]) -> None:
-        valid_from = max(_number(claims.get("nbf")), _number(claims.get("iat"))) - self._leeway
-        valid_until = _number(claims["exp"]) + self._leeway
-        if len(self._verified) >= self.VERIFIED_CACHE_SIZE:
-            del self._verified[next(iter(self._verified))]  # the oldest entry
-        self._verified[token] = (principal, valid_from, valid_until)
-
-    async def _verify(self, token: str) -> tuple[Principal, dict[str, Any]]:
-        if len(token) > MAX_TOKEN_LENGTH:
-            raise Unauthenticated("Token too large")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise Unauthenticated("Malformed token") from None
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in HS_ALGORITHMS | JWKS_ALGORITHMS:
-            raise Unauthenticated(f"Token algorithm {str(alg)[:20]!r} is not accepted")
-        if alg in HS_ALGORITHMS:
-            # Only ever the shared secret: a public key can never serve as an HMAC secret here.
-            claims = self._decode(token, self._secret, alg, self._hs_issuer, self._hs_audience)
-        else:
-            kid = header.get("kid")
-            if not kid:
-                raise Unauthenticated("Token has no key id (kid)")
-            key = await self._jwks.key_for(kid)
-            claims = self._decode(token, key, alg, self._jwks_issuer, self._jwks_audience)
-        return principal_from_claims(claims), claims
-
-    def _decode(
-        self, token: str, key: str | jwt.PyJWK, alg: str, issuer: str | None, audience: str | None
-    ) -> dict[str, Any]:
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                key,
-                algorithms=[alg],  # with a PyJWK, PyJWT also requires alg == the key's own alg
-                issuer=issuer,
-                audience=audience,
-                leeway=self._leeway,
-                options={"require": ["exp"], "verify_aud": audience is not None},
-            )
-        except jwt.PyJWTError as exc:
-            raise _unauthenticated(exc) from None
-        return claims
-
-
-def _number(value: Any) -> float:
-    """A NumericDate claim PyJWT has already validated (absent: no constraint)."""
-    return float(value) if isinstance(value, int | float) else 0.0
-
-
-def bearer_token(authorization: str | None) -> str:
-    if not authorization:
-        raise Unauthenticated("Missing bearer token")
-    scheme, _, token = authorization.strip().partition(" ")
-    if scheme.lower() != "bearer":
-        raise Unauthenticated("Authorization header must use the Bearer scheme")
-    token = token.strip()
-    if not token:
-        raise Unauthenticated("Missing bearer token")
-    return token
 
 
 async def authenticate(request: Request, *, required: bool = True) -> Principal | None:
@@ -261,14 +41,18 @@ async def authenticate(request: Request, *, required: bool = True) -> Principal 
     return principal
 
 
-async def get_principal(request: Request, _credentials: Annotated[Any, Depends(bearer_scheme)]) -> Principal:
-    """The principal `AuthenticatedRoute` verified before FastAPI parsed the request body."""
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What a handler needs besides its input: who is calling, and the way to their data."""
+
+    principal: Principal
+    db: Database
+
+
+async def get_request_context(request: Request, _credentials: Annotated[Any, Depends(bearer_scheme)]) -> RequestContext:
+    """The principal `AuthenticatedRoute` verified before FastAPI read the body, and a `Database`."""
     principal: Principal = request.state.principal
-    return principal
-
-
-async def get_optional_principal(request: Request) -> Principal | None:
-    return await authenticate(request, required=False)
+    return RequestContext(principal=principal, db=request.app.state.datastore.for_request())
 
 
 class AuthenticatedRoute(APIRoute):
@@ -284,5 +68,23 @@ class AuthenticatedRoute(APIRoute):
         return authenticated_handler
 
 
-PrincipalDep = Annotated[Principal, Depends(get_principal)]
-OptionalPrincipalDep = Annotated[Principal | None, Depends(get_optional_principal)]
+ContextDep = Annotated[RequestContext, Depends(get_request_context)]
+
+
+def check_authenticated_routes(app: FastAPI) -> None:
+    """Refuse to start when a route takes `ContextDep` without being an `AuthenticatedRoute`.
+
+    Its handler would find no verified principal, and a router that forgot `route_class` would
+    otherwise only show it as a 500 at run time.
+    """
+    for route in app.routes:
+        if isinstance(route, APIRoute) and _depends_on(route.dependant, get_request_context):
+            if not isinstance(route, AuthenticatedRoute):
+                raise RuntimeError(
+                    f"{route.path} ({route.name}) takes ContextDep but is not an AuthenticatedRoute: "
+                    "give its APIRouter route_class=AuthenticatedRoute"
+                )
+
+
+def _depends_on(dependant: Dependant, call: Callable[..., Any]) -> bool:
+    return any(sub.call is call or _depends_on(sub, call) for sub in dependant.dependencies)

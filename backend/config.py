@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     db_pool_recycle: int = Field(default=240, ge=-1)  # Neon suspends idle computes after 300 s
     db_connect_timeout: float = Field(default=5.0, gt=0)
     db_statement_timeout_ms: int = Field(default=10_000, ge=0)
+    db_request_timeout: float = Field(default=10.0, gt=0)  # all of one request's database work
     # None: from the URL ("-pooler" host, port 6432, pgbouncer=true), else detected at connect (backend/db.py).
     db_pgbouncer: bool | None = None
 

@@ -1,19 +1,20 @@
-"""Async engine, sessions and schema creation for PostgreSQL (asyncpg) and SQLite (aiosqlite)."""
+"""The async engine (PostgreSQL through asyncpg, SQLite through aiosqlite), schema migration at start-up,
+and `Database`: a request's only way to its data (one helper for reads, one for writes)."""
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any, Protocol
 
-from fastapi import Depends, Request
 from sqlalchemy import Table, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError, OperationalError, ProgrammingError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from backend.config import Settings
 from backend.database_url import is_pgbouncer, normalize_database_url, ssl_mode
@@ -202,10 +203,6 @@ def _discard_dead_connections(engine: AsyncEngine) -> None:
             raise DisconnectionError("connection closed by the server while idle")
 
 
-def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
-
-
 def migration_settings(settings: Settings) -> Settings:
     """The settings for an engine that migrates: one connection, no statement timeout.
 
@@ -246,60 +243,149 @@ async def migrate_to_head(engine: AsyncEngine, *, attempts: int = 5) -> None:
             await asyncio.sleep(0.2 * attempt)
 
 
-def create_admission_gate(engine: AsyncEngine) -> asyncio.Semaphore:
-    """As many permits as the pool has connections (see `get_session`)."""
-    pool: Any = engine.pool
-    return asyncio.Semaphore(pool.size() + max(pool._max_overflow, 0))
+# --- A request's way to the database ------------------------------------------------------------
 
 
-@asynccontextmanager
-async def _admitted(gate: asyncio.Semaphore, wait_seconds: float) -> AsyncIterator[None]:
-    try:
-        async with asyncio.timeout(wait_seconds):
-            await gate.acquire()
-    except TimeoutError:
-        raise ServiceUnavailable("The server is busy; retry shortly", retry_after=1) from None
-    try:
-        yield
-    finally:
-        gate.release()
+class AdmissionGate:
+    """One permit per pooled connection, granted first come, first served.
 
-
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """One session per request; closing it rolls back whatever a service did not commit.
-
-    Requests are admitted first come, first served, one per pooled connection: SQLAlchemy's
-    pool hands a freed connection to whichever task asks next, so under load a newcomer can
-    overtake requests that have waited for seconds (the p99 at 1000 connections).
+    SQLAlchemy's pool hands a freed connection to whichever task asks next, so under load a newcomer
+    can overtake requests that have waited for seconds (the p99 at 1000 connections). asyncio's
+    semaphore queues its waiters in order.
     """
-    state = request.app.state
-    async with _admitted(state.db_gate, state.settings.db_pool_timeout), state.sessionmaker() as session:
-        yield session
+
+    def __init__(self, engine: AsyncEngine, *, wait_seconds: float) -> None:
+        pool: Any = engine.pool
+        self._permits = asyncio.Semaphore(pool.size() + max(pool._max_overflow, 0))
+        self._wait_seconds = wait_seconds
+
+    @asynccontextmanager
+    async def admitted(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self._wait_seconds):
+                await self._permits.acquire()
+        except TimeoutError:
+            raise ServiceUnavailable("The server is busy; retry shortly", retry_after=1) from None
+        try:
+            yield
+        finally:
+            self._permits.release()
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+class ConnectionSource(Protocol):
+    def reading(self) -> AbstractAsyncContextManager[AsyncConnection]: ...
+    def writing(self) -> AbstractAsyncContextManager[AsyncConnection]: ...
 
 
-@asynccontextmanager
-async def read_only(session: AsyncSession) -> AsyncIterator[AsyncConnection]:
-    """The session's connection for a read-only service call, without BEGIN/ROLLBACK round trips.
+class PooledConnections:
+    """Connections from the engine's pool: reads without BEGIN/ROLLBACK where that is safe, writes in
+    one transaction each (committed when the block ends without an exception)."""
 
-    Statements run on the connection (Core), not through the ORM. The connection goes back to
-    the pool at the end. Inside a transaction that is already open (a write, a test's outer
-    transaction) it simply joins it.
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as connection:
+            # Read at runtime: an unannounced PgBouncer found at the first connect switches it off.
+            if self.engine.get_execution_options().get(AUTOCOMMIT_READS):
+                await connection.execution_options(**_AUTOCOMMIT)
+            yield connection
+
+    def writing(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return self.engine.begin()
+
+
+class Database:
+    """One request's access to the database: `reading()` and `writing()`, and no other way.
+
+    - A request uses one connection at a time (GraphQL's sibling fields take turns), admitted first
+      come, first served, and gives it back at the end of each block.
+    - All of a request's database work, waiting included, fits in DB_REQUEST_TIMEOUT. Past it the
+      statement is cancelled (asyncpg cancels it on the server; SQLite's is interrupted in its
+      thread), the connection goes back to the pool, and the request gets 503.
     """
-    if session.in_transaction() or not isinstance(session.bind, AsyncEngine):
-        yield await session.connection()
-        return
-    # Straight from the engine's pool: a read needs none of the ORM session's transaction bookkeeping.
-    async with session.bind.connect() as connection:
-        if session.bind.get_execution_options().get(AUTOCOMMIT_READS):
-            await connection.execution_options(**_AUTOCOMMIT)
-        yield connection
+
+    def __init__(self, connections: ConnectionSource, gate: AdmissionGate | None, *, timeout_seconds: float) -> None:
+        self._connections = connections
+        self._gate = gate
+        self._timeout_seconds = timeout_seconds
+        self._deadline = asyncio.get_running_loop().time() + timeout_seconds
+        self._turn = asyncio.Lock()
+        self._closed = False
+
+    def reading(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection for statements that only read."""
+        return self._use(self._connections.reading)
+
+    def writing(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection in a transaction, committed when the block ends without an exception."""
+        return self._use(self._connections.writing)
+
+    async def close(self) -> None:
+        """Wait for the block in progress, then refuse further use.
+
+        When a non-null GraphQL field fails, graphql-core answers without awaiting its siblings:
+        they must not start database work for a request that has been answered.
+        """
+        async with self._turn:
+            self._closed = True
+
+    @asynccontextmanager
+    async def _use(
+        self, open_connection: Callable[[], AbstractAsyncContextManager[AsyncConnection]]
+    ) -> AsyncIterator[AsyncConnection]:
+        async with self._turn:
+            if self._closed:
+                raise RuntimeError("this request has already been answered")
+            budget = asyncio.timeout_at(self._deadline)
+            try:
+                async with budget, self._admitted(), open_connection() as connection:
+                    try:
+                        yield connection
+                    except asyncio.CancelledError:
+                        await _interrupt_sqlite(connection)
+                        raise
+            except TimeoutError:
+                if not budget.expired():
+                    raise
+                raise ServiceUnavailable(
+                    f"The request's database work took longer than {self._timeout_seconds:g} s; "
+                    "ask for less at once, or retry",
+                    retry_after=1,
+                ) from None
+
+    def _admitted(self) -> AbstractAsyncContextManager[None]:
+        return self._gate.admitted() if self._gate is not None else contextlib.nullcontext()
 
 
-def insert_ignoring_conflicts(session: AsyncSession, table: Table) -> postgresql.Insert | sqlite.Insert:
-    """INSERT ... ON CONFLICT DO NOTHING in the session's dialect."""
-    if session.get_bind().dialect.name == "postgresql":
+async def _interrupt_sqlite(connection: AsyncConnection) -> None:
+    """Stop the statement SQLite is running in aiosqlite's thread, which cancelling the task cannot."""
+    if connection.dialect.name == "sqlite":
+        driver_connection = (await connection.get_raw_connection()).driver_connection
+        if driver_connection is not None:
+            await driver_connection.interrupt()
+
+
+class Datastore:
+    """The process's database: where connections come from, and a `Database` for each request."""
+
+    def __init__(self, connections: ConnectionSource, *, gate: AdmissionGate | None, request_timeout: float) -> None:
+        self._connections = connections
+        self._gate = gate
+        self._request_timeout = request_timeout
+
+    @classmethod
+    def pooled(cls, engine: AsyncEngine, settings: Settings) -> "Datastore":
+        gate = AdmissionGate(engine, wait_seconds=settings.db_pool_timeout)
+        return cls(PooledConnections(engine), gate=gate, request_timeout=settings.db_request_timeout)
+
+    def for_request(self, *, timeout_seconds: float | None = None) -> Database:
+        return Database(self._connections, self._gate, timeout_seconds=timeout_seconds or self._request_timeout)
+
+
+def insert_ignoring_conflicts(connection: AsyncConnection, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """INSERT ... ON CONFLICT DO NOTHING in the connection's dialect."""
+    if connection.dialect.name == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing()
     return sqlite.insert(table).on_conflict_do_nothing()

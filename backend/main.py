@@ -13,9 +13,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.ext.asyncio import AsyncEngine
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from backend.auth import JwksCache, TokenVerifier
+from backend.auth import check_authenticated_routes
 from backend.config import Settings, get_settings
-from backend.db import create_admission_gate, create_engine, create_sessionmaker, migrate_database
+from backend.db import Datastore, create_engine, migrate_database
 from backend.explorers import mount_explorers
 from backend.gql.schema import create_graphql_router
 from backend.http_errors import register_error_handlers
@@ -24,7 +24,8 @@ from backend.middleware import HttpHardeningMiddleware
 from backend.observability import ObservabilityMiddleware, configure_logging
 from backend.rate_limit import create_limiter
 from backend.routes import api_router, health
-from backend.services import tasks as task_service
+from backend.services import idempotency
+from backend.tokens import JwksCache, TokenVerifier
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ EXPOSED_HEADERS = [
 ]
 ALLOWED_HEADERS = ["Authorization", "Content-Type", "If-Match", "Idempotency-Key", "X-Request-ID"]
 IDEMPOTENCY_PURGE_SECONDS = 3600
+IDEMPOTENCY_PURGE_TIMEOUT_SECONDS = 60.0
 OPENAPI_TAGS = [
     {"name": "tasks", "description": "Your tasks, under `/api/tasks` and again under `/api/{user_id}/tasks`."},
     {"name": "users", "description": "Who the bearer token says you are."},
@@ -51,8 +53,8 @@ async def _purge_idempotency_keys_forever(app: FastAPI) -> None:
     while True:
         await asyncio.sleep(IDEMPOTENCY_PURGE_SECONDS)
         try:
-            async with app.state.sessionmaker() as session:
-                purged = await task_service.purge_expired_idempotency_keys(session)
+            db = app.state.datastore.for_request(timeout_seconds=IDEMPOTENCY_PURGE_TIMEOUT_SECONDS)
+            purged = await idempotency.purge_expired(db)
             logger.info("purged %d expired idempotency keys", purged)
         except Exception:  # a database hiccup must not end the loop
             logger.warning("purging idempotency keys failed", exc_info=True)
@@ -76,8 +78,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
         if engine is None:
             await migrate_database(settings)
         app.state.engine = app_engine
-        app.state.sessionmaker = create_sessionmaker(app_engine)
-        app.state.db_gate = create_admission_gate(app_engine)
+        app.state.datastore = Datastore.pooled(app_engine, settings)
         async with httpx.AsyncClient(timeout=settings.jwks_fetch_timeout) as http_client:
             app.state.token_verifier = TokenVerifier(settings, JwksCache(settings, http_client))
             purger = asyncio.create_task(_purge_idempotency_keys_forever(app))
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     if settings.metrics_enabled:
         app.include_router(create_metrics_router(settings))
     mount_explorers(app, swagger_ui=settings.api_docs_enabled, graphiql=settings.graphiql_enabled)
+    check_authenticated_routes(app)
 
     # Outermost last: observability -> proxy headers -> CORS -> hardening (UTF-8 target, body limit,
     # security headers) -> routes.

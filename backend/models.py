@@ -205,8 +205,13 @@ class TaskCount(SQLModel, table=True):
 task_counts_table = TaskCount.__table__  # type: ignore[attr-defined]
 
 
+class IdempotencyState(StrEnum):
+    IN_PROGRESS = "in_progress"  # the creating transaction holds the row
+    FINISHED = "finished"  # `response` is the task as first returned
+
+
 class IdempotencyKey(SQLModel, table=True):
-    """A POST /tasks retried with the same Idempotency-Key replays the first response."""
+    """A create retried with the same idempotency key (REST header, GraphQL input) replays the first answer."""
 
     __tablename__: ClassVar[str] = "idempotency_keys"
 
@@ -215,9 +220,15 @@ class IdempotencyKey(SQLModel, table=True):
     )
     key: str = sqlmodel.Field(sa_column=Column(String(255), primary_key=True))
     request_hash: str = sqlmodel.Field(sa_column=Column(String(64), nullable=False))
-    status_code: int = sqlmodel.Field(sa_column=Column(Integer, nullable=False))
-    response: str = sqlmodel.Field(sa_column=Column(Text, nullable=False))
+    state: str = sqlmodel.Field(sa_column=Column(Text, nullable=False))
+    response: str | None = sqlmodel.Field(default=None, sa_column=Column(Text, nullable=True))
     created_at: datetime = sqlmodel.Field(
         default_factory=utcnow,
         sa_column=Column(UTCDateTime, nullable=False, server_default=func.now(), index=True),
     )
+
+
+idempotency_table = IdempotencyKey.__table__  # type: ignore[attr-defined]
+idempotency_table.append_constraint(
+    CheckConstraint(f"state IN {tuple(state.value for state in IdempotencyState)}", name="state_value")
+)

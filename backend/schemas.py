@@ -5,6 +5,7 @@ by building the same models from its arguments.
 """
 
 import hashlib
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -152,9 +153,6 @@ class TaskUpdate(_Input):
             raise PydanticCustomError("not_null", "may not be null")
         return value
 
-    def changes(self) -> dict[str, Any]:
-        return self.model_dump(exclude_unset=True)
-
 
 class TaskReplace(TaskUpdate):
     """PUT: title required; omitted optional fields keep their value, null clears as in PATCH."""
@@ -192,6 +190,20 @@ class TaskPublic(BaseModel):
     @property
     def etag(self) -> str:
         return etag_of(self.model_dump_json().encode())
+
+
+@dataclass(frozen=True, slots=True)
+class VersionCheck:
+    """A write's precondition: the task's current version (its ETag) is one of `versions`, or any.
+
+    Transports parse it from what they receive (REST's If-Match, GraphQL's expectedVersion).
+    """
+
+    versions: frozenset[str] = frozenset()
+    any_version: bool = False
+
+    def allows(self, version: str) -> bool:
+        return self.any_version or version in self.versions
 
 
 def etag_of(representation: bytes) -> str:

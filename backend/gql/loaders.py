@@ -22,8 +22,7 @@ class UserLoader(DataLoader[str, UserPublic | None]):
         self.context = context
 
     async def batch_load_fn(self, user_ids: Sequence[str]) -> list[UserPublic | None]:
-        async with self.context.db() as session:
-            return await user_service.load_users(session, self.context.principal, user_ids)
+        return await user_service.load_users(self.context.db, self.context.principal, user_ids=user_ids)
 
 
 class UserTasksLoader(DataLoader[tuple[str, TaskListQuery], TaskPage]):
@@ -37,10 +36,13 @@ class UserTasksLoader(DataLoader[tuple[str, TaskListQuery], TaskPage]):
         self, keys: Sequence[tuple[str, TaskListQuery]]
     ) -> list[TaskPage | BaseException]:
         pages: list[TaskPage | BaseException] = []
-        async with self.context.db() as session:
-            for user_id, query in keys:
-                try:
-                    pages.append(await task_service.list_user_tasks(session, self.context.principal, user_id, query))
-                except Exception as exc:
-                    pages.append(exc)
+        for user_id, query in keys:
+            try:
+                pages.append(
+                    await task_service.list_user_tasks(
+                        self.context.db, self.context.principal, user_id=user_id, query=query
+                    )
+                )
+            except Exception as exc:
+                pages.append(exc)
         return pages

@@ -33,11 +33,10 @@ class Query:
 
     @strawberry.field(description="One of your tasks by id; null when it does not exist or is not yours.")
     async def task(self, info: Info, id: TaskId) -> TaskType | None:
-        async with info.context.db() as session:
-            try:
-                task = await task_service.get_task(session, info.context.principal, id)
-            except NotFound:
-                return None
+        try:
+            task = await task_service.get_task(info.context.db, info.context.principal, task_id=id)
+        except NotFound:
+            return None
         return TaskType.from_model(task)
 
     tasks: TaskPageType = strawberry.field(
@@ -52,10 +51,10 @@ class Mutation:
         self, info: Info, input: Annotated[CreateTaskInput, strawberry.argument(description="The new task.")]
     ) -> TaskType:
         data = validated(TaskCreate, provided_fields(input))
-        async with info.context.db() as session:
-            created = await task_service.create_task(
-                session, info.context.principal, data, quota=info.context.settings.task_quota
-            )
+        context = info.context
+        created = await task_service.create_task(
+            context.db, context.principal, data=data, quota=context.settings.task_quota
+        )
         return TaskType.from_model(created.task)
 
     @strawberry.mutation(description="Change any subset of a task's fields. NOT_FOUND if it is not yours.")
@@ -65,9 +64,8 @@ class Mutation:
         id: TaskId,
         input: Annotated[UpdateTaskInput, strawberry.argument(description="The fields to change.")],
     ) -> TaskType:
-        changes = validated(TaskUpdate, provided_fields(input)).changes()
-        async with info.context.db() as session:
-            task = await task_service.update_task(session, info.context.principal, id, changes)
+        data = validated(TaskUpdate, provided_fields(input))
+        task = await task_service.update_task(info.context.db, info.context.principal, task_id=id, data=data)
         return TaskType.from_model(task)
 
     @strawberry.mutation(description="Mark a task completed or not; without `completed` it toggles.")
@@ -79,12 +77,14 @@ class Mutation:
             bool | None, strawberry.argument(description="true or false; omit (or null) to toggle.")
         ] = None,
     ) -> TaskType:
-        async with info.context.db() as session:
-            task = await task_service.set_task_completed(session, info.context.principal, id, completed=completed)
+        db, principal = info.context.db, info.context.principal
+        if completed is None:
+            task = await task_service.toggle_task(db, principal, task_id=id)
+        else:
+            task = await task_service.complete_task(db, principal, task_id=id, completed=completed)
         return TaskType.from_model(task)
 
     @strawberry.mutation(description="Delete a task. Returns true; NOT_FOUND if it is not yours.")
     async def delete_task(self, info: Info, id: TaskId) -> bool:
-        async with info.context.db() as session:
-            await task_service.delete_task(session, info.context.principal, id)
+        await task_service.delete_task(info.context.db, info.context.principal, task_id=id)
         return True

@@ -31,7 +31,8 @@ DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 def next_revision_id(versions: Path, message: str) -> str:
     """The next four-digit number, then the message as a file-name slug: `0003_add_task_notes`."""
     numbers = [int(match[1]) for path in versions.glob("*.py") if (match := re.match(r"(\d{4})_", path.name))]
-    slug = re.sub(r"[^a-z0-9]+", "_", message.lower()).strip("_")[:40].rstrip("_")
+    # alembic_version.version_num is VARCHAR(32): four digits, "_", and at most 27 more.
+    slug = re.sub(r"[^a-z0-9]+", "_", message.lower()).strip("_")[:27].rstrip("_")
     if not slug:
         raise ValueError("MSG must contain letters or digits: it names the revision")
     return f"{max(numbers, default=0) + 1:04d}_{slug}"

@@ -5,16 +5,16 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path
 from fastapi.routing import APIRoute
 
-from backend.auth import PrincipalDep
+from backend.auth import ContextDep
 from backend.routes import tasks, users
 from backend.services import users as user_service
 
 
 async def require_path_user(
     user_id: Annotated[str, Path(min_length=1, max_length=255, description="Must be your own user id")],
-    principal: PrincipalDep,
+    context: ContextDep,
 ) -> None:
-    user_service.check_path_user(principal, user_id)
+    user_service.check_path_user(context.principal, user_id)
 
 
 def _operation_id(route: APIRoute) -> str:

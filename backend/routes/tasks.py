@@ -8,8 +8,7 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Request, Response, s
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from backend.auth import AuthenticatedRoute, PrincipalDep
-from backend.db import SessionDep
+from backend.auth import AuthenticatedRoute, ContextDep
 from backend.http_errors import ERROR_RESPONSES, ErrorResponse
 from backend.schemas import (
     INT32_MAX,
@@ -19,6 +18,7 @@ from backend.schemas import (
     TaskPublic,
     TaskReplace,
     TaskUpdate,
+    VersionCheck,
     etag_of,
 )
 from backend.services import tasks as task_service
@@ -85,13 +85,21 @@ def pagination_headers(page: TaskPage, request: Request) -> dict[str, str]:
     }
 
 
+def version_check(if_match: str | None) -> VersionCheck | None:
+    """RFC 9110 If-Match: `*`, or a list of entity tags compared strongly (weak ones never match)."""
+    if if_match is None:
+        return None
+    candidates = frozenset(candidate.strip() for candidate in if_match.split(","))
+    return VersionCheck(versions=candidates, any_version="*" in candidates)
+
+
 def task_response(task: TaskPublic, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
     """The task as JSON with its ETag, serialised once."""
     body = task.model_dump_json().encode()
     return Response(body, status_code, {"ETag": etag_of(body), **(headers or {})}, media_type="application/json")
 
 
-def task_list_query(request: Request) -> TaskListQuery:
+async def task_list_query(request: Request) -> TaskListQuery:
     """The list's query string, validated by the shared model in one pass.
 
     FastAPI's own query-model support re-inspects every field's annotation on each request,
@@ -128,13 +136,10 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     openapi_extra={"parameters": _query_parameters(TaskListQuery)},
 )
 async def list_tasks(
-    request: Request,
-    session: SessionDep,
-    principal: PrincipalDep,
-    query: Annotated[TaskListQuery, Depends(task_list_query)],
+    request: Request, context: ContextDep, query: Annotated[TaskListQuery, Depends(task_list_query)]
 ) -> Response:
     """Filter, search, sort and paginate; totals in `X-Total-Count`, `Content-Range` and `Link`."""
-    page = await task_service.list_tasks(session, principal, query)
+    page = await task_service.list_tasks(context.db, context.principal, query=query)
     body = _TASK_LIST.dump_json(page.items)
     return Response(body, headers=pagination_headers(page, request), media_type="application/json")
 
@@ -143,15 +148,16 @@ async def list_tasks(
     "", status_code=status.HTTP_201_CREATED, summary="Create a task", response_model=TaskPublic, responses=IN_FLIGHT
 )
 async def create_task(
-    request: Request,
-    session: SessionDep,
-    principal: PrincipalDep,
-    data: TaskCreate,
-    idempotency_key: IdempotencyKey = None,
+    request: Request, context: ContextDep, data: TaskCreate, idempotency_key: IdempotencyKey = None
 ) -> Response:
     """Create a task; `Location` points at it. Unknown and server-owned fields are ignored."""
-    quota = request.app.state.settings.task_quota
-    created = await task_service.create_task(session, principal, data, quota=quota, idempotency_key=idempotency_key)
+    created = await task_service.create_task(
+        context.db,
+        context.principal,
+        data=data,
+        quota=request.app.state.settings.task_quota,
+        idempotency_key=idempotency_key,
+    )
     headers = {"Location": resource_url(request, f"{request.scope['path'].rstrip('/')}/{created.task.id}")}
     if created.replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -159,27 +165,27 @@ async def create_task(
 
 
 @router.get("/{task_id}", summary="Get a task", response_model=TaskPublic)
-async def get_task(session: SessionDep, principal: PrincipalDep, task_id: TaskId) -> Response:
+async def get_task(context: ContextDep, task_id: TaskId) -> Response:
     """One of your tasks, with its `ETag`."""
-    return task_response(await task_service.get_task(session, principal, task_id))
+    return task_response(await task_service.get_task(context.db, context.principal, task_id=task_id))
 
 
 @router.put("/{task_id}", summary="Replace a task", response_model=TaskPublic, responses=PRECONDITION_FAILED)
-async def replace_task(
-    session: SessionDep, principal: PrincipalDep, task_id: TaskId, data: TaskReplace, if_match: IfMatch = None
-) -> Response:
+async def replace_task(context: ContextDep, task_id: TaskId, data: TaskReplace, if_match: IfMatch = None) -> Response:
     """`title` is required; omitted optional fields keep their value, null clears description/due_date."""
-    return task_response(await task_service.update_task(session, principal, task_id, data.changes(), if_match=if_match))
+    expected = version_check(if_match)
+    task = await task_service.update_task(context.db, context.principal, task_id=task_id, data=data, expected=expected)
+    return task_response(task)
 
 
 @router.patch(
     "/{task_id}", summary="Update some fields of a task", response_model=TaskPublic, responses=PRECONDITION_FAILED
 )
-async def update_task(
-    session: SessionDep, principal: PrincipalDep, task_id: TaskId, data: TaskUpdate, if_match: IfMatch = None
-) -> Response:
+async def update_task(context: ContextDep, task_id: TaskId, data: TaskUpdate, if_match: IfMatch = None) -> Response:
     """Any subset of the fields; null clears description/due_date."""
-    return task_response(await task_service.update_task(session, principal, task_id, data.changes(), if_match=if_match))
+    expected = version_check(if_match)
+    task = await task_service.update_task(context.db, context.principal, task_id=task_id, data=data, expected=expected)
+    return task_response(task)
 
 
 @router.patch(
@@ -189,25 +195,26 @@ async def update_task(
     responses=PRECONDITION_FAILED,
 )
 async def complete_task(
-    session: SessionDep,
-    principal: PrincipalDep,
+    context: ContextDep,
     task_id: TaskId,
     data: Annotated[CompleteInput | None, Body()] = None,
     if_match: IfMatch = None,
 ) -> Response:
     """No body (or no `completed`) toggles; `{"completed": true|false}` sets."""
-    completed = data.completed if data is not None else None
-    return task_response(
-        await task_service.set_task_completed(session, principal, task_id, completed=completed, if_match=if_match)
-    )
+    expected = version_check(if_match)
+    if data is None or data.completed is None:
+        task = await task_service.toggle_task(context.db, context.principal, task_id=task_id, expected=expected)
+    else:
+        task = await task_service.complete_task(
+            context.db, context.principal, task_id=task_id, completed=data.completed, expected=expected
+        )
+    return task_response(task)
 
 
 @router.delete(
     "/{task_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a task", responses=PRECONDITION_FAILED
 )
-async def delete_task(
-    session: SessionDep, principal: PrincipalDep, task_id: TaskId, if_match: IfMatch = None
-) -> Response:
+async def delete_task(context: ContextDep, task_id: TaskId, if_match: IfMatch = None) -> Response:
     """Deletes for good; 204 with an empty body."""
-    await task_service.delete_task(session, principal, task_id, if_match=if_match)
+    await task_service.delete_task(context.db, context.principal, task_id=task_id, expected=version_check(if_match))
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -4,9 +4,9 @@ import uuid
 from collections.abc import Iterator, Sequence
 
 from sqlalchemy import bindparam, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from backend.db import insert_ignoring_conflicts, read_only
+from backend.db import Database, insert_ignoring_conflicts
 from backend.errors import Forbidden, ServiceUnavailable
 from backend.models import User, utcnow
 from backend.principal import PLACEHOLDER_EMAIL_DOMAIN, Principal, is_reserved_email
@@ -28,7 +28,7 @@ def _candidate_emails(principal: Principal) -> Iterator[str]:
         yield placeholder_email()
 
 
-async def ensure_user(session: AsyncSession, principal: Principal) -> None:
+async def ensure_user(connection: AsyncConnection, principal: Principal) -> None:
     """Make sure `tasks.user_id` can reference the caller; never touches an existing row.
 
     Runs inside the caller's transaction. A concurrent insert of the same id waits on the
@@ -36,12 +36,12 @@ async def ensure_user(session: AsyncSession, principal: Principal) -> None:
     another account (whoever claimed it first) falls back to a random placeholder: no claim of
     one account can keep another from being provisioned.
     """
-    if await _user_exists(session, principal.user_id):
+    if await _user_exists(connection, principal.user_id):
         return
     for email in _candidate_emails(principal):
         now = utcnow()
-        await session.execute(
-            insert_ignoring_conflicts(session, users_table).values(
+        await connection.execute(
+            insert_ignoring_conflicts(connection, users_table).values(
                 id=principal.user_id,
                 name=principal.name or (principal.email or principal.user_id).split("@")[0],
                 email=email,
@@ -50,19 +50,21 @@ async def ensure_user(session: AsyncSession, principal: Principal) -> None:
                 updatedAt=now,
             )
         )
-        if await _user_exists(session, principal.user_id):
+        if await _user_exists(connection, principal.user_id):
             return
     raise ServiceUnavailable("Could not set up your account's record; retry shortly", retry_after=1)
 
 
-async def _user_exists(session: AsyncSession, user_id: str) -> bool:
-    found = await session.scalar(select(users_table.c.id).where(users_table.c.id == user_id))
-    return found is not None
+_USER_ID = select(users_table.c.id).where(users_table.c.id == bindparam("user_id"))
 
 
-async def get_me(session: AsyncSession, principal: Principal) -> UserPublic:
+async def _user_exists(connection: AsyncConnection, user_id: str) -> bool:
+    return (await connection.scalar(_USER_ID, {"user_id": user_id})) is not None
+
+
+async def get_me(db: Database, principal: Principal) -> UserPublic:
     """The caller as Better Auth knows them, else as the token describes them."""
-    users = await load_users(session, principal, [principal.user_id])
+    users = await load_users(db, principal, user_ids=[principal.user_id])
     me = users[0]
     assert me is not None
     return me
@@ -73,12 +75,12 @@ _USERS_BY_ID = select(users_table.c.id, users_table.c.email, users_table.c.name)
 )
 
 
-async def load_users(session: AsyncSession, principal: Principal, user_ids: Sequence[str]) -> list[UserPublic | None]:
+async def load_users(db: Database, principal: Principal, *, user_ids: Sequence[str]) -> list[UserPublic | None]:
     """Users by id in key order (DataLoader contract); anyone but the caller is invisible."""
     visible = {user_id for user_id in user_ids if user_id == principal.user_id}
     found: dict[str, UserPublic] = {}
     if visible:
-        async with read_only(session) as connection:
+        async with db.reading() as connection:
             rows = (await connection.execute(_USERS_BY_ID, {"ids": list(visible)})).all()
         for row in rows:
             email = None if is_reserved_email(row.email) else row.email

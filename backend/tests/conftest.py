@@ -1,12 +1,14 @@
 """Fixtures: every database test runs on a fresh PostgreSQL database and on SQLite.
 
-Each test runs inside an outer transaction that is rolled back afterwards; sessions join it
-with savepoints, so the service layer's commits stay inside the test (SQLAlchemy 2.0 recipe).
+Each test runs inside an outer transaction that is rolled back afterwards; service writes become
+savepoints on that connection, so their commits stay inside the test (SQLAlchemy 2.0 recipe).
 """
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +18,15 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from backend.config import Settings
-from backend.db import create_engine, get_session, migrate_to_head
+from backend.db import Database, Datastore, create_engine, migrate_to_head
 from backend.main import create_app
 from backend.tests.factories import TEST_SECRET
 from backend.tests.services_fixtures import FIGURES, pgbouncer
 
+TEST_REQUEST_TIMEOUT = 60.0  # a test's whole database work; the budget itself is tested with pooled connections
 ADMIN_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -130,17 +133,42 @@ async def connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
             await transaction.rollback()
 
 
-@pytest.fixture
-def session_factory(connection: AsyncConnection) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(
-        bind=connection, expire_on_commit=False, autoflush=False, join_transaction_mode="create_savepoint"
-    )
+class JoinedConnection:
+    """The test's connection, inside its outer transaction: reads run on it, writes in savepoints.
+
+    Service writes commit their savepoint and the test still rolls everything back. One use at a
+    time, like a pooled connection (concurrent requests in a test take turns).
+    """
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+        self._turn = asyncio.Lock()
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncConnection]:
+        async with self._turn:
+            yield self._connection
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[AsyncConnection]:
+        async with self._turn, self._connection.begin_nested():
+            yield self._connection
+
+
+def joined_datastore(connection: AsyncConnection) -> Datastore:
+    return Datastore(JoinedConnection(connection), gate=None, request_timeout=TEST_REQUEST_TIMEOUT)
 
 
 @pytest.fixture
-async def session(session_factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    async with session_factory() as session:
-        yield session
+async def db(connection: AsyncConnection) -> Database:
+    """A request's database access whose writes stay inside the test's transaction."""
+    return joined_datastore(connection).for_request()
+
+
+@pytest.fixture
+def datastore(engine: AsyncEngine, database_url: str) -> Datastore:
+    """The engine's pooled connections as the app uses them: writes really commit (clean up after)."""
+    return Datastore.pooled(engine, make_settings(database_url))
 
 
 @pytest.fixture
@@ -151,20 +179,12 @@ def settings_overrides() -> dict[str, Any]:
 
 @pytest.fixture
 async def app(
-    database_url: str,
-    engine: AsyncEngine,
-    session_factory: async_sessionmaker[AsyncSession],
-    settings_overrides: dict[str, Any],
+    database_url: str, engine: AsyncEngine, connection: AsyncConnection, settings_overrides: dict[str, Any]
 ) -> AsyncIterator[FastAPI]:
+    """The app on the test's connection: every request's writes are savepoints the test rolls back."""
     app = create_app(make_settings(database_url, **settings_overrides), engine=engine)
-
-    async def test_session() -> AsyncIterator[AsyncSession]:
-        # A fresh savepoint session per request, closed afterwards, as in production.
-        async with session_factory() as session:
-            yield session
-
-    app.dependency_overrides[get_session] = test_session
     async with app.router.lifespan_context(app):
+        app.state.datastore = joined_datastore(connection)
         yield app
 
 

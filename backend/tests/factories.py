@@ -5,8 +5,8 @@ from datetime import datetime
 from typing import Any
 
 import jwt
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.db import Database
 from backend.principal import Principal
 from backend.schemas import TaskCreate, TaskPublic
 from backend.services import tasks as task_service
@@ -39,7 +39,7 @@ def principal(user_id: str = "alice", *, email: str | None = None, name: str | N
 
 
 async def create_task(
-    session: AsyncSession,
+    db: Database,
     owner: Principal | str = "alice",
     *,
     title: str = "A task",
@@ -61,5 +61,5 @@ async def create_task(
             "due_date": due_date,
         }
     )
-    created = await task_service.create_task(session, caller, data, quota=quota)
+    created = await task_service.create_task(db, caller, data=data, quota=quota)
     return created.task

@@ -10,9 +10,9 @@ import httpx
 import jwt
 import pytest
 
-from backend.auth import principal_from_claims
 from backend.errors import Unauthenticated
 from backend.tests.factories import TEST_SECRET, auth_headers, make_token
+from backend.tokens import principal_from_claims
 
 
 def _b64(data: dict[str, Any]) -> str:

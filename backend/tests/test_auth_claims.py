@@ -5,10 +5,10 @@ from typing import Any
 import httpx
 import pytest
 
-from backend.auth import principal_from_claims
 from backend.errors import Unauthenticated
 from backend.principal import Principal
 from backend.tests.factories import make_token
+from backend.tokens import principal_from_claims
 
 USER = "u" * 32
 SESSION = {"id": "s1", "token": "opaque", "userId": USER, "expiresAt": "2026-01-09T00:00:00.000Z"}

@@ -6,9 +6,9 @@ import pytest
 from alembic import command
 from sqlalchemy import inspect, literal, select, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from backend.db import create_engine, migrate_to_head
+from backend.db import Database, create_engine, migrate_to_head
 from backend.migrations import alembic_config
 from backend.models import tasks_table
 from backend.sql_functions import contains_ignoring_case
@@ -16,17 +16,17 @@ from backend.tests.conftest import create_scratch_database, drop_scratch_databas
 from backend.tests.factories import create_task, principal
 
 
-async def insert_user(session: AsyncSession, user_id: str = "raw-user", email: str = "raw@example.com") -> None:
-    await session.execute(
+async def insert_user(connection: AsyncConnection, user_id: str = "raw-user", email: str = "raw@example.com") -> None:
+    await connection.execute(
         text('INSERT INTO "user" (id, name, email) VALUES (:id, :name, :email)'),
         {"id": user_id, "name": "Raw", "email": email},
     )
 
 
-async def test_rows_written_by_other_tools_get_defaults(session: AsyncSession) -> None:
-    await insert_user(session)
-    await session.execute(text("INSERT INTO tasks (user_id, title) VALUES ('raw-user', 'seeded')"))
-    row = (await session.execute(text("SELECT completed, priority, tags, created_at, updated_at FROM tasks"))).one()
+async def test_rows_written_by_other_tools_get_defaults(connection: AsyncConnection) -> None:
+    await insert_user(connection)
+    await connection.execute(text("INSERT INTO tasks (user_id, title) VALUES ('raw-user', 'seeded')"))
+    row = (await connection.execute(text("SELECT completed, priority, tags, created_at, updated_at FROM tasks"))).one()
     assert row.completed in (False, 0)
     assert row.priority == "medium"
     assert row.tags in ([], "[]")
@@ -47,11 +47,10 @@ async def test_rows_written_by_other_tools_get_defaults(session: AsyncSession) -
         ("user_id", "'raw-user'"),
     ],
 )
-async def test_constraints_refuse_what_the_api_refuses(session: AsyncSession, columns: str, values: str) -> None:
-    await insert_user(session)
-    await session.commit()
+async def test_constraints_refuse_what_the_api_refuses(connection: AsyncConnection, columns: str, values: str) -> None:
+    await insert_user(connection)
     with pytest.raises(IntegrityError):
-        await session.execute(text(f"INSERT INTO tasks ({columns}) VALUES ({values})"))
+        await connection.execute(text(f"INSERT INTO tasks ({columns}) VALUES ({values})"))
 
 
 @pytest.mark.filterwarnings("ignore:Skipped unsupported reflection of expression-based index")
@@ -71,10 +70,10 @@ async def test_user_table_mirrors_better_auth(connection: AsyncConnection) -> No
     assert ("user_id", "created_at") in index_columns
 
 
-async def test_jit_user_never_alters_an_existing_row(session: AsyncSession) -> None:
-    await insert_user(session, "ba-user", "original@example.com")
-    await create_task(session, principal("ba-user", email="changed@example.com", name="Changed"))
-    row = (await session.execute(text("SELECT name, email FROM \"user\" WHERE id = 'ba-user'"))).one()
+async def test_jit_user_never_alters_an_existing_row(connection: AsyncConnection, db: Database) -> None:
+    await insert_user(connection, "ba-user", "original@example.com")
+    await create_task(db, principal("ba-user", email="changed@example.com", name="Changed"))
+    row = (await connection.execute(text("SELECT name, email FROM \"user\" WHERE id = 'ba-user'"))).one()
     assert (row.name, row.email) == ("Raw", "original@example.com")
 
 

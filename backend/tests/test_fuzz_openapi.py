@@ -27,7 +27,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from backend.db import create_engine, create_sessionmaker, migrate_to_head
+from backend.db import Datastore, create_engine, migrate_to_head
 from backend.main import create_app
 from backend.tests.conftest import create_scratch_database, drop_scratch_database, make_settings
 from backend.tests.factories import auth_headers, create_task, principal
@@ -61,9 +61,9 @@ async def api_schema() -> AsyncIterator[Any]:
     config = make_settings(url, rate_limit="1000000/minute")
     engine = create_engine(config)
     await migrate_to_head(engine)
-    async with create_sessionmaker(engine)() as session:
-        for number in range(EXISTING_TASKS):
-            await create_task(session, principal(USER), title=f"task {number}", tags=["fuzz"])
+    datastore = Datastore.pooled(engine, config)
+    for number in range(EXISTING_TASKS):
+        await create_task(datastore.for_request(), principal(USER), title=f"task {number}", tags=["fuzz"])
     await engine.dispose()
     try:
         yield schemathesis.openapi.from_asgi("/openapi.json", create_app(config))

@@ -11,7 +11,7 @@ from urllib.parse import quote, unquote
 import httpx
 import pytest
 from sqlalchemy import delete, func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend.main import create_app
 from backend.models import tasks_table
@@ -83,8 +83,8 @@ REST_REJECTIONS: dict[str, tuple[str, str, dict[str, Any], int]] = {
 }
 
 
-async def stored_tasks(session: AsyncSession) -> int:
-    return int(await session.scalar(select(func.count()).select_from(tasks_table)) or 0)
+async def stored_tasks(connection: AsyncConnection) -> int:
+    return int(await connection.scalar(select(func.count()).select_from(tasks_table)) or 0)
 
 
 def assert_clear_error(response: httpx.Response, status: int) -> None:
@@ -98,21 +98,21 @@ def assert_clear_error(response: httpx.Response, status: int) -> None:
 
 @pytest.mark.parametrize("case", REST_REJECTIONS)
 async def test_hostile_rest_input_is_a_clear_4xx_and_stores_nothing(
-    client: httpx.AsyncClient, session: AsyncSession, case: str
+    client: httpx.AsyncClient, connection: AsyncConnection, case: str
 ) -> None:
     method, path, keywords, status = REST_REJECTIONS[case]
     keywords = dict(keywords)
     headers = {**ALICE, **keywords.pop("headers", {})}
     response = await client.request(method, path, headers=headers, **keywords)
     assert_clear_error(response, status)
-    assert await stored_tasks(session) == 0
+    assert await stored_tasks(connection) == 0
 
 
 SQL_TEXT = "Robert'); DROP TABLE tasks;-- \\ \" %_ ' OR 1=1 --"
 
 
 async def test_sql_metacharacters_are_stored_and_searched_literally(
-    client: httpx.AsyncClient, session: AsyncSession
+    client: httpx.AsyncClient, connection: AsyncConnection
 ) -> None:
     created = await client.post(
         "/api/tasks", json={"title": SQL_TEXT, "description": SQL_TEXT, "tags": ["' OR 1=1 --"]}, headers=ALICE
@@ -127,7 +127,7 @@ async def test_sql_metacharacters_are_stored_and_searched_literally(
     for tag, expected in [("' OR 1=1 --", [SQL_TEXT]), ("' OR '1'='1", []), ("%", [])]:
         found = await client.get("/api/tasks", params={"tag": tag}, headers=ALICE)
         assert [task["title"] for task in found.json()] == expected, tag
-    assert await stored_tasks(session) == 3
+    assert await stored_tasks(connection) == 3
 
 
 # --- GraphQL ------------------------------------------------------------------------------------
@@ -158,13 +158,13 @@ GRAPHQL_REJECTIONS: dict[str, dict[str, Any]] = {
 
 @pytest.mark.parametrize("case", GRAPHQL_REJECTIONS)
 async def test_hostile_graphql_documents_are_400_and_store_nothing(
-    client: httpx.AsyncClient, session: AsyncSession, case: str
+    client: httpx.AsyncClient, connection: AsyncConnection, case: str
 ) -> None:
     response = await client.post("/graphql", json=GRAPHQL_REJECTIONS[case], headers=ALICE)
     assert_clear_error(response, 400)
     assert response.json()["data"] is None
     assert {error["extensions"]["code"] for error in response.json()["errors"]} == {"BAD_USER_INPUT"}
-    assert await stored_tasks(session) == 0
+    assert await stored_tasks(connection) == 0
 
 
 GRAPHQL_REQUEST_REJECTIONS: dict[str, dict[str, Any]] = {
@@ -187,16 +187,16 @@ async def test_malformed_graphql_requests_are_400(client: httpx.AsyncClient, cas
     assert_clear_error(response, 400)
 
 
-async def test_mutations_over_get_are_refused(client: httpx.AsyncClient, session: AsyncSession) -> None:
+async def test_mutations_over_get_are_refused(client: httpx.AsyncClient, connection: AsyncConnection) -> None:
     query = 'mutation { createTask(input: {title: "via GET"}) { id } }'
     response = await client.get("/graphql", params={"query": query}, headers=ALICE)
     assert_clear_error(response, 400)
-    assert await stored_tasks(session) == 0
+    assert await stored_tasks(connection) == 0
 
 
 @pytest.mark.parametrize("title", ["a\x00b", "\ud800", " ", "x" * 201])
 async def test_hostile_strings_in_graphql_variables_are_bad_user_input(
-    client: httpx.AsyncClient, session: AsyncSession, title: str
+    client: httpx.AsyncClient, connection: AsyncConnection, title: str
 ) -> None:
     # Field errors follow GraphQL's convention (HTTP 200 with errors), with REST's validation rules.
     body = json.dumps({"query": CREATE, "variables": {"title": title}}).encode()  # escapes lone surrogates
@@ -204,7 +204,7 @@ async def test_hostile_strings_in_graphql_variables_are_bad_user_input(
     assert response.status_code == 200, response.text
     assert response.json()["data"] is None
     assert response.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
-    assert await stored_tasks(session) == 0
+    assert await stored_tasks(connection) == 0
 
 
 @pytest.mark.parametrize("settings_overrides", [{"graphql_introspection": False}])
@@ -296,7 +296,7 @@ ODD_USER_IDS = ["J\u00fcrgen M\u00fcller", "\u7528\u6237-\u4e00", "100%?#x", "em
 
 @pytest.mark.parametrize("user_id", ODD_USER_IDS)
 async def test_odd_user_ids_get_encoded_location_and_link_and_one_task_per_create(
-    client: httpx.AsyncClient, session: AsyncSession, user_id: str
+    client: httpx.AsyncClient, connection: AsyncConnection, user_id: str
 ) -> None:
     headers = auth_headers(user_id)
     prefix = "/api/" + quote(user_id, safe="") + "/tasks"
@@ -306,7 +306,7 @@ async def test_odd_user_ids_get_encoded_location_and_link_and_one_task_per_creat
     location = created.headers["Location"]
     assert unquote(location) == f"/api/{user_id}/tasks/{created.json()['id']}"
     assert (await client.get(location, headers=headers)).json()["title"] == "once"
-    assert await stored_tasks(session) == 1  # the create committed once and answered 201: a retry is not needed
+    assert await stored_tasks(connection) == 1  # the create committed once and answered 201: a retry is not needed
 
     await client.post(prefix, json={"title": "twice"}, headers=headers)
     listed = await client.get(prefix, params={"limit": 1, "q": "\u00fc "}, headers=headers)

@@ -7,6 +7,7 @@ cannot drift apart unnoticed; instances starting together both come up.
 
 import asyncio
 import os
+import re
 import shutil
 import sqlite3
 import sys
@@ -29,7 +30,7 @@ from sqlmodel import SQLModel
 from backend.db import create_engine, migrate_database, migrate_to_head
 from backend.migrations import BASELINE_REVISION, MIGRATIONS_DIR, SCHEMA_LOCK_ID, UnknownSchemaError, alembic_config
 from backend.migrations.new_revision import next_revision_id
-from backend.models import IdempotencyKey, User, tasks_table
+from backend.models import User, tasks_table
 from backend.tests.conftest import ADMIN_DATABASE_URL, create_scratch_database, drop_scratch_database, make_settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -148,7 +149,20 @@ def catalog(connection: Connection) -> dict[str, list[tuple[Any, ...]]]:
     rows = connection.exec_driver_sql(
         "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE tbl_name <> 'alembic_version'"
     )
-    return {"objects": sorted((type_, name, table, " ".join((sql or "").split())) for type_, name, table, sql in rows)}
+    return {
+        "objects": sorted(
+            (type_, name, table, _table_definition(sql) if type_ == "table" else " ".join((sql or "").split()))
+            for type_, name, table, sql in rows
+        )
+    }
+
+
+def _table_definition(create_table: str) -> str:
+    """A CREATE TABLE as its sorted items, spelled alike: a table that batch mode rebuilt (a revision that
+    changed a column on SQLite) lists the same columns and constraints in another order and quoting."""
+    items = [line.strip().rstrip(",").strip() for line in create_table.splitlines()[1:-1]]
+    spelled = (re.sub(r"DEFAULT \((.*)\)", r"DEFAULT \1", item.replace('"', "")) for item in items)
+    return "; ".join(sorted(spelled))
 
 
 def without(parts: tuple[str, ...], snapshot: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any, ...]]]:
@@ -183,14 +197,20 @@ def _task(user_id: str, number: int, *, completed: bool) -> dict[str, Any]:
 
 
 TASKS = [_task("ann", n, completed=n < 2) for n in range(5)] + [_task("bob", n, completed=True) for n in range(3)]
-IDEMPOTENCY_KEYS = [
-    {"user_id": "ann", "key": "k-1", "request_hash": "a" * 64, "status_code": 201, "response": '{"id": 1}'},
-    {"user_id": "bob", "key": "k-2", "request_hash": "b" * 64, "status_code": 201, "response": '{"id": 6}'},
+# The release's shape of the table (a status code, 0 while in flight); revision 0003 turns it into a state.
+RELEASED_IDEMPOTENCY_KEYS = """
+    INSERT INTO idempotency_keys (user_id, key, request_hash, status_code, response) VALUES
+    ('ann', 'k-0', 'c', 0, ''), ('ann', 'k-1', 'a', 201, '{"id": 1}'), ('bob', 'k-2', 'b', 201, '{"id": 6}')
+"""
+IDEMPOTENCY_STATES_AFTER_UPGRADE = [
+    ("k-0", "in_progress", None),
+    ("k-1", "finished", '{"id": 1}'),
+    ("k-2", "finished", '{"id": 6}'),
 ]
 DATA_QUERIES = {
     "user": 'SELECT id, name, email, "emailVerified", image, "createdAt" FROM "user" ORDER BY id',
     "tasks": "SELECT * FROM tasks ORDER BY id",
-    "idempotency_keys": "SELECT * FROM idempotency_keys ORDER BY user_id, key",
+    "idempotency_keys": "SELECT user_id, key, request_hash, created_at FROM idempotency_keys ORDER BY user_id, key",
     "task_counts": "SELECT user_id, total, completed FROM task_counts ORDER BY user_id",
 }
 RECOUNT = """
@@ -201,7 +221,7 @@ RECOUNT = """
 def insert_release_data(connection: Connection) -> None:
     connection.execute(insert(User.__table__), USERS)  # type: ignore[attr-defined]
     connection.execute(insert(tasks_table), TASKS)
-    connection.execute(insert(IdempotencyKey.__table__), IDEMPOTENCY_KEYS)  # type: ignore[attr-defined]
+    connection.exec_driver_sql(RELEASED_IDEMPOTENCY_KEYS)
 
 
 def stored_data(connection: Connection) -> dict[str, list[tuple[Any, ...]]]:
@@ -243,6 +263,12 @@ async def test_a_released_database_upgrades_to_what_a_new_one_gets_with_its_data
     if kind == "postgresql":
         assert ("pg_trgm",) in [row[:1] for row in (await run(released, catalog))["extensions"]]
     assert await run(released, stored_data) == data_before
+
+    def idempotency_states(connection: Connection) -> list[tuple[Any, ...]]:
+        rows = connection.exec_driver_sql("SELECT key, state, response FROM idempotency_keys ORDER BY key")
+        return [tuple(row) for row in rows]
+
+    assert await run(released, idempotency_states) == IDEMPOTENCY_STATES_AFTER_UPGRADE
 
     def tasks_keep_being_counted(connection: Connection) -> list[tuple[Any, ...]]:
         connection.execute(insert(tasks_table), [_task("cid", 0, completed=True)])
@@ -388,12 +414,13 @@ def test_revisions_are_numbered_and_named_after_their_message(tmp_path: Path) ->
 
 
 async def test_make_migration_autogenerates_what_the_revisions_lack(tmp_path: Path) -> None:
-    """The script directory without 0002: the models' trigram indexes come back as a new 0002 revision."""
+    """The script directory without its newest revision: what it did to the models comes back as a new one."""
     scripts = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0002_trigram_search.py").unlink()
+    *older, newest = sorted((scripts / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+    newest.unlink()
     process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "backend.migrations.new_revision", "trigram search again"),
+        *(sys.executable, "-m", "backend.migrations.new_revision", "regenerated"),
         *("--admin-url", ADMIN_DATABASE_URL, "--script-location", str(scripts)),
         cwd=tmp_path,  # as `make migration` from anywhere: alembic.ini is found beside the package
         stdout=asyncio.subprocess.PIPE,
@@ -402,11 +429,11 @@ async def test_make_migration_autogenerates_what_the_revisions_lack(tmp_path: Pa
     output = (await process.communicate())[0].decode()
     assert process.returncode == 0, output
 
-    revision = (scripts / "versions" / "0002_trigram_search_again.py").read_text()
-    assert 'revision: str = "0002_trigram_search_again"' in revision
-    assert 'down_revision: str | Sequence[str] | None = "0001_baseline"' in revision
-    assert '"ix_tasks_title_trgm"' in revision
-    assert '"ix_tasks_description_trgm"' in revision
+    number = newest.name[:4]
+    revision = (scripts / "versions" / f"{number}_regenerated.py").read_text()
+    assert f'revision: str = "{number}_regenerated"' in revision
+    assert f'down_revision: str | Sequence[str] | None = "{older[-1].stem}"' in revision
+    assert "op." in revision.split("def upgrade", 1)[1].split("def downgrade", 1)[0]
     admin = await asyncpg.connect(make_url(ADMIN_DATABASE_URL).set(drivername="postgresql").render_as_string(False))
     try:
         leftovers = await admin.fetch("SELECT datname FROM pg_database WHERE datname LIKE 'todo_migration\\_%'")

@@ -1,0 +1,198 @@
+"""The statements the task service runs: SQLAlchemy Core over the SQLModel tables, each built once.
+
+A request binds parameters to a statement built at import or once per list shape, so it skips building
+the SQL expression and computing its cache key (docs/architecture.md says what that saves).
+"""
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import TypeAdapter
+from sqlalchemy import (
+    ColumnElement,
+    Insert,
+    Integer,
+    Row,
+    Select,
+    Text,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+)
+
+from backend.models import priority_rank, task_counts_table, tasks_table
+from backend.principal import Principal
+from backend.schemas import SortOrder, TaskListQuery, TaskPublic, TaskSort, TaskStatus
+from backend.sql_functions import contains_ignoring_case, has_tag, unicode_lower
+
+t = tasks_table
+
+TASK_COLUMNS = (
+    t.c.id,
+    t.c.user_id,
+    t.c.title,
+    t.c.description,
+    t.c.completed,
+    t.c.priority,
+    t.c.tags,
+    t.c.due_date,
+    t.c.created_at,
+    t.c.updated_at,
+)
+_TASK_KEYS = tuple(column.key for column in TASK_COLUMNS)
+_tasks_adapter = TypeAdapter(list[TaskPublic])
+
+
+def to_tasks(rows: Sequence[Row[*tuple[Any, ...]]]) -> list[TaskPublic]:
+    # Plain dicts validate several times faster than row mappings or attribute access.
+    return _tasks_adapter.validate_python([dict(zip(_TASK_KEYS, row, strict=False)) for row in rows])
+
+
+# --- Lists ---------------------------------------------------------------------------------------
+
+DEEP_OFFSET = 1000  # from here a page is found on the index alone first, then its rows fetched
+
+_SORT_KEYS: dict[TaskSort, ColumnElement[Any]] = {
+    TaskSort.CREATED: t.c.created_at,
+    TaskSort.UPDATED: t.c.updated_at,
+    TaskSort.TITLE: unicode_lower(t.c.title),
+    TaskSort.DUE_DATE: t.c.due_date,
+    TaskSort.PRIORITY: priority_rank,
+}
+_COUNTED: dict[TaskStatus, ColumnElement[int]] = {
+    TaskStatus.ALL: task_counts_table.c.total,
+    TaskStatus.PENDING: task_counts_table.c.total - task_counts_table.c.completed,
+    TaskStatus.COMPLETED: task_counts_table.c.completed,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ListShape:
+    status: TaskStatus
+    sort: TaskSort
+    order: SortOrder
+    priority: bool
+    tag: bool
+    search: bool
+    deep: bool
+
+    @classmethod
+    def of(cls, query: TaskListQuery) -> "ListShape":
+        return cls(
+            query.status,
+            query.sort,
+            query.order,
+            query.priority is not None,
+            query.tag is not None,
+            query.search is not None,
+            query.offset >= DEEP_OFFSET,
+        )
+
+    @property
+    def counted_by_trigger(self) -> bool:
+        """Without priority, tag or search filters the total is the trigger-kept count."""
+        return not (self.priority or self.tag or self.search)
+
+
+def list_parameters(principal: Principal, query: TaskListQuery) -> dict[str, Any]:
+    parameters: dict[str, Any] = {"user_id": principal.user_id, "limit": query.limit, "offset": query.offset}
+    if query.priority is not None:
+        parameters["priority"] = query.priority.value
+    if query.tag is not None:
+        parameters["tag"] = query.tag
+    if query.search is not None:
+        parameters["search"] = query.search
+    return parameters
+
+
+def _list_conditions(shape: ListShape) -> list[ColumnElement[bool]]:
+    conditions = [t.c.user_id == bindparam("user_id")]
+    if shape.status is TaskStatus.PENDING:
+        conditions.append(t.c.completed.is_(False))
+    elif shape.status is TaskStatus.COMPLETED:
+        conditions.append(t.c.completed.is_(True))
+    if shape.priority:
+        conditions.append(t.c.priority == bindparam("priority"))
+    if shape.tag:
+        conditions.append(has_tag(t.c.tags, bindparam("tag", type_=Text)))
+    if shape.search:
+        search = bindparam("search", type_=Text)
+        conditions.append(contains_ignoring_case(t.c.title, search) | contains_ignoring_case(t.c.description, search))
+    return conditions
+
+
+def _ordering(shape: ListShape) -> list[ColumnElement[Any]]:
+    """Sort key, then id in the same direction: pages never overlap. No due date sorts last."""
+    descending = shape.order is SortOrder.DESC
+    key = _SORT_KEYS[shape.sort]
+    ordered_key = key.desc() if descending else key.asc()
+    if shape.sort is TaskSort.DUE_DATE:
+        ordered_key = ordered_key.nulls_last()
+    return [ordered_key, t.c.id.desc() if descending else t.c.id.asc()]
+
+
+def _total(shape: ListShape) -> ColumnElement[int]:
+    if shape.counted_by_trigger:
+        counted = select(_COUNTED[shape.status]).where(task_counts_table.c.user_id == bindparam("user_id"))
+        return func.coalesce(counted.scalar_subquery(), 0)
+    return func.count().over()
+
+
+@functools.cache
+def page_statement(shape: ListShape) -> Select[Any]:
+    """One page and, in the same round trip, the total (unless the page is deep)."""
+    conditions, ordering = _list_conditions(shape), _ordering(shape)
+    limit, offset = bindparam("limit", type_=Integer), bindparam("offset", type_=Integer)
+    if shape.deep:
+        # OFFSET walks every skipped row; on the index alone that is several times cheaper.
+        page_ids = select(t.c.id).where(*conditions).order_by(*ordering).limit(limit).offset(offset)
+        return select(*TASK_COLUMNS).where(t.c.id.in_(page_ids)).order_by(*ordering)
+    statement = select(*TASK_COLUMNS, _total(shape).label("total")).where(*conditions)
+    return statement.order_by(*ordering).limit(limit).offset(offset)
+
+
+@functools.cache
+def count_statement(shape: ListShape) -> Select[Any]:
+    if shape.counted_by_trigger:
+        return select(_total(shape))
+    return select(func.count()).select_from(t).where(*_list_conditions(shape))
+
+
+# --- One task --------------------------------------------------------------------------------------
+
+# Another user's task and a missing one are the same NotFound: ids cannot be probed.
+OWNED_TASK = select(*TASK_COLUMNS).where(t.c.id == bindparam("task_id"), t.c.user_id == bindparam("user_id"))
+OWNED_TASK_FOR_UPDATE = OWNED_TASK.with_for_update()
+DELETE_OWNED_TASK = (
+    delete(t).where(t.c.id == bindparam("task_id"), t.c.user_id == bindparam("user_id")).returning(t.c.id)
+)
+
+
+def owned(principal: Principal, task_id: int) -> dict[str, Any]:
+    return {"task_id": task_id, "user_id": principal.user_id}
+
+
+def _insert_within_quota() -> Insert:
+    """INSERT ... SELECT the new row only while the owner has fewer than `quota` tasks.
+
+    The owner's count row is locked (FOR UPDATE, PostgreSQL; SQLite has one writer anyway), so
+    concurrent creates at the quota are decided one after another against the count the other left.
+    """
+    inserted = [column.key for column in TASK_COLUMNS if column.key != "id"]
+    owned_tasks = (
+        select(task_counts_table.c.total)
+        .where(task_counts_table.c.user_id == bindparam("user_id"))
+        .with_for_update()
+        .scalar_subquery()
+    )
+    row = select(*(bindparam(name, type_=t.c[name].type) for name in inserted)).where(
+        func.coalesce(owned_tasks, 0) < bindparam("quota", type_=Integer)
+    )
+    return insert(t).from_select(inserted, row).returning(*TASK_COLUMNS)
+
+
+INSERT_TASK_WITHIN_QUOTA = _insert_within_quota()
