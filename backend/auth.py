@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.dependencies.models import Dependant
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.security import HTTPBearer
 
 from backend.db import Database
@@ -77,11 +77,12 @@ def check_authenticated_routes(app: FastAPI) -> None:
     Its handler would find no verified principal, and a router that forgot `route_class` would
     otherwise only show it as a 500 at run time.
     """
-    for route in app.routes:
+    for context in iter_route_contexts(app.routes):  # routers included into routers, too
+        route = context.original_route
         if isinstance(route, APIRoute) and _depends_on(route.dependant, get_request_context):
             if not isinstance(route, AuthenticatedRoute):
                 raise RuntimeError(
-                    f"{route.path} ({route.name}) takes ContextDep but is not an AuthenticatedRoute: "
+                    f"{context.path_format} ({route.name}) takes ContextDep but is not an AuthenticatedRoute: "
                     "give its APIRouter route_class=AuthenticatedRoute"
                 )
 

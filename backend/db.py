@@ -4,8 +4,10 @@ and `Database`: a request's only way to its data (one helper for reads, one for 
 import asyncio
 import contextlib
 import logging
+import math
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -66,8 +68,13 @@ def _register_sqlite_hooks(engine: AsyncEngine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
         dbapi_connection.isolation_level = None
+        # Cancelling a task does not stop the statement SQLite runs in aiosqlite's thread; this
+        # handler does, once the request's budget is spent (see Database._use).
+        deadline = StatementDeadline()
+        record.info[StatementDeadline.KEY] = deadline
+        dbapi_connection.run_async(lambda driver: driver.set_progress_handler(deadline.passed, 1000))
         # SQLite's lower() and LIKE fold ASCII only; the API promises Unicode case-insensitivity.
         dbapi_connection.create_function("unicode_lower", 1, _unicode_lower, deterministic=True)
         cursor = dbapi_connection.cursor()
@@ -76,6 +83,18 @@ def _register_sqlite_hooks(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
+
+
+class StatementDeadline:
+    """When SQLite's progress handler aborts the connection's statement (time.monotonic; inf: never)."""
+
+    KEY = "todo_statement_deadline"
+
+    def __init__(self) -> None:
+        self.at = math.inf
+
+    def passed(self) -> int:
+        return int(time.monotonic() > self.at)  # non-zero aborts the statement ("interrupted")
 
 
 def _unicode_lower(value: str | None) -> str | None:
@@ -341,13 +360,10 @@ class Database:
             budget = asyncio.timeout_at(self._deadline)
             try:
                 async with budget, self._admitted(), open_connection() as connection:
-                    try:
+                    with _statements_stopped_before(connection, self._deadline):
                         yield connection
-                    except asyncio.CancelledError:
-                        await _interrupt_sqlite(connection)
-                        raise
-            except TimeoutError:
-                if not budget.expired():
+            except (TimeoutError, StatementStopped) as stopped:
+                if isinstance(stopped, TimeoutError) and not budget.expired():
                     raise
                 raise ServiceUnavailable(
                     f"The request's database work took longer than {self._timeout_seconds:g} s; "
@@ -359,12 +375,44 @@ class Database:
         return self._gate.admitted() if self._gate is not None else contextlib.nullcontext()
 
 
-async def _interrupt_sqlite(connection: AsyncConnection) -> None:
-    """Stop the statement SQLite is running in aiosqlite's thread, which cancelling the task cannot."""
-    if connection.dialect.name == "sqlite":
-        driver_connection = (await connection.get_raw_connection()).driver_connection
-        if driver_connection is not None:
-            await driver_connection.interrupt()
+# SQLite's handler stops a statement this long before the budget ends, so it ends as an ordinary error
+# ("interrupted") and its connection is cleaned up as usual. Cancelling the task mid-statement instead
+# leaves the sqlite3 connection a zombie, holding its locks until the garbage collector frees it.
+SQLITE_STOP_AHEAD_SECONDS = 0.05
+
+
+class StatementStopped(Exception):
+    """SQLite's progress handler stopped a statement at the request's deadline."""
+
+
+@contextlib.contextmanager
+def _statements_stopped_before(connection: AsyncConnection, deadline: float) -> Iterator[None]:
+    """SQLite: its progress handler aborts a statement still running near `deadline` (loop time).
+    Elsewhere the budget's cancellation is enough: asyncpg cancels the statement on the server."""
+    statement_deadline: StatementDeadline | None = connection.info.get(StatementDeadline.KEY)
+    if statement_deadline is None:
+        yield
+        return
+    # In time.monotonic's terms: the handler runs in aiosqlite's thread, away from the loop's clock.
+    remaining = deadline - asyncio.get_running_loop().time()
+    statement_deadline.at = time.monotonic() + remaining - SQLITE_STOP_AHEAD_SECONDS
+    try:
+        yield
+    except OperationalError as error:
+        stopped = time.monotonic() >= statement_deadline.at
+        statement_deadline.at = math.inf
+        if stopped:
+            raise StatementStopped() from error
+        raise
+    except asyncio.CancelledError:
+        # A client that went away cancelled the task, but the statement may still run in the
+        # thread: stop it now.
+        statement_deadline.at = -math.inf
+        raise
+    except BaseException:
+        statement_deadline.at = math.inf
+        raise
+    statement_deadline.at = math.inf
 
 
 class Datastore:

@@ -192,3 +192,31 @@ async def test_a_remembered_token_vouches_for_no_other_bytes(client: httpx.Async
     for forged in (f"{header}.{forged_payload}.{signature}", f"{header}.{payload}.{signature[:-2]}AA"):
         response = await client.get("/api/tasks", headers={"Authorization": f"Bearer {forged}"})
         assert response.status_code == 401
+
+
+def test_a_route_that_takes_the_context_without_authenticating_first_refuses_to_start() -> None:
+    """ContextDep reads the principal AuthenticatedRoute verified: a router that forgets its route_class
+    fails at start-up, not with a 500 at run time."""
+    from fastapi import APIRouter
+
+    from backend.auth import AuthenticatedRoute, ContextDep, check_authenticated_routes
+    from backend.main import create_app
+    from backend.tests.conftest import make_settings
+
+    app = create_app(make_settings("sqlite+aiosqlite:///unused.db"))
+    check_authenticated_routes(app)  # the app's own routes all authenticate first
+
+    async def forgetful(context: ContextDep) -> str:
+        return context.principal.user_id
+
+    plain = APIRouter()
+    plain.add_api_route("/api/forgetful", forgetful)
+    app.include_router(plain)
+    with pytest.raises(RuntimeError, match=r"/api/forgetful .* not an AuthenticatedRoute"):
+        check_authenticated_routes(app)
+
+    careful = APIRouter(route_class=AuthenticatedRoute)
+    careful.add_api_route("/api/careful", forgetful)
+    fresh = create_app(make_settings("sqlite+aiosqlite:///unused.db"))
+    fresh.include_router(careful)
+    check_authenticated_routes(fresh)

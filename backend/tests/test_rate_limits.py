@@ -430,3 +430,57 @@ async def test_shutdown_cancels_a_probe_waiting_on_a_hung_redis(
         closing = asyncio.create_task(limiter.aclose())
         await asyncio.wait({closing}, timeout=5)  # unlike wait_for, gives up without cancelling it
         assert closing.done(), "aclose() is still waiting for the probe"
+
+
+# --- GraphQL pays for what it does ----------------------------------------------------------------
+
+
+def aliased(field: str, count: int) -> str:
+    return " ".join(f"a{number}: {field}" for number in range(count))
+
+
+async def graphql_as(client: httpx.AsyncClient, user: str, query: str, variables: dict[str, Any] | None = None) -> Any:
+    return await client.post("/graphql", json={"query": query, "variables": variables}, headers=auth_headers(user))
+
+
+async def remaining_budget(client: httpx.AsyncClient, user: str) -> int:
+    """Units left in the window: REST lists cost one each."""
+    spent = 0
+    while (await get_tasks(client, user)).status_code == 200:
+        spent += 1
+    return spent
+
+
+@pytest.mark.parametrize(
+    ("query", "cost"),
+    [
+        pytest.param("{ me { id } }", 1, id="one root field"),
+        pytest.param("{ " + aliased("tasks { total }", 3) + " }", 3, id="three aliased lists"),
+        pytest.param("{ me { id tasks { total } } }", 2, id="a nested list"),
+        pytest.param("{ tasks { items { owner { tasks { total } } } } }", 2, id="a list below a list"),
+        pytest.param("query { ...F } fragment F on Query { a: me { id } b: me { id } }", 2, id="a fragment"),
+        pytest.param("query($s: Boolean!) { me { id } tasks @skip(if: $s) { total } }", 1, id="a skipped field"),
+        pytest.param("{ __typename me { id } }", 1, id="introspection is free"),
+    ],
+)
+async def test_a_graphql_request_costs_its_root_fields_and_lists(sqlite_url: str, query: str, cost: int) -> None:
+    user = new_user()
+    async with serving(limited_app(sqlite_url, "10/minute")) as client:
+        response = await graphql_as(client, user, query, {"s": True})
+        assert response.status_code == 200, response.text
+        assert "errors" not in response.json()
+        assert await remaining_budget(client, user) == 10 - cost
+
+
+async def test_aliased_mutations_beyond_the_budget_are_refused_before_anything_runs(sqlite_url: str) -> None:
+    user = new_user()
+    creates = aliased('createTask(input: {title: "spam"}) { id }', 30)
+    async with serving(limited_app(sqlite_url, "20/minute")) as client:
+        response = await graphql_as(client, user, f"mutation {{ {creates} }}")
+        assert_limited(response)
+        assert response.json()["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
+        listed = await graphql_as(client, user, "{ tasks { total } }")
+        assert listed.json()["data"]["tasks"]["total"] == 0  # none of the 30 ran
+        few_creates = aliased('createTask(input: {title: "ok"}) { id }', 5)
+        few = await graphql_as(client, user, f"mutation {{ {few_creates} }}")
+        assert len(few.json()["data"]) == 5

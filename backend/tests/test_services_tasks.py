@@ -10,12 +10,13 @@ from sqlalchemy import delete, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend.db import Database, Datastore
-from backend.errors import Forbidden, InvalidInput, NotFound, PreconditionFailed, QuotaExceeded
-from backend.models import tasks_table
+from backend.errors import Conflict, Forbidden, InvalidInput, NotFound, PreconditionFailed, QuotaExceeded
+from backend.models import IdempotencyState, idempotency_table, tasks_table
 from backend.principal import Principal
 from backend.schemas import TaskCreate, TaskListQuery, TaskUpdate, VersionCheck
 from backend.services import tasks as task_service
 from backend.services import users as user_service
+from backend.services.idempotency import request_hash
 from backend.services.users import users_table
 from backend.tests.factories import create_task, principal
 
@@ -399,3 +400,18 @@ async def test_concurrent_creates_at_the_quota_never_exceed_it(datastore: Datast
     finally:
         async with datastore.for_request().writing() as connection:
             await connection.execute(delete(users_table).where(users_table.c.id == owner.user_id))
+
+
+async def test_a_key_whose_first_request_is_still_in_progress_is_a_conflict(
+    db: Database, connection: AsyncConnection
+) -> None:
+    data = TaskCreate(title="slow")
+    await user_service.ensure_user(connection, ALICE)
+    await connection.execute(
+        idempotency_table.insert().values(
+            user_id="alice", key="busy", request_hash=request_hash(data), state=IdempotencyState.IN_PROGRESS
+        )
+    )
+    with pytest.raises(Conflict):
+        await task_service.create_task(db, ALICE, data=data, quota=QUOTA, idempotency_key="busy")
+    assert (await task_service.list_tasks(db, ALICE, query=query())).total == 0
