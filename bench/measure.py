@@ -4,6 +4,7 @@ import asyncio
 import functools
 import http.client
 import json
+import math
 import resource
 import statistics
 import time
@@ -17,9 +18,23 @@ from bench.harness import LIST_PATH, BenchEnv, Server, http_call, postgres_backe
 from bench.wrk import Request, run_wrk
 
 
-def _children_cpu() -> float:
+def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def wait_until_idle(server: Server, *, limit: float) -> float:
+    """Wait until the workers stop using CPU (requests a finished load left in flight are done); seconds waited."""
+    started = time.monotonic()
+    workers = server.worker_pids()
+    before = sum(proc.cpu_seconds(pid) for pid in workers)
+    while time.monotonic() - started < limit:
+        time.sleep(0.3)
+        now = sum(proc.cpu_seconds(pid) for pid in workers)
+        if now - before < 0.015:  # at most one clock tick in 0.3 s
+            break
+        before = now
+    return round(time.monotonic() - started, 1)
 
 
 def measure_case(
@@ -37,15 +52,18 @@ def measure_case(
         timeout_seconds=settings.timeout,
         threads=settings.threads,
     )
+    idle_wait = 0.0
     if warmup and settings.warmup > 0:
         load(seconds=settings.warmup)
+        # At 1000 connections the warm-up leaves requests in flight that would run inside the measured window.
+        idle_wait = wait_until_idle(server, limit=settings.timeout + 10)
     workers = server.worker_pids()
     backends, sessions_before = postgres_backends(env)
     load_before = proc.load_average()
     worker_cpu = sum(proc.cpu_seconds(pid) for pid in workers)
     worker_sys = sum(proc.cpu_times(pid)[1] for pid in workers)
     postgres_cpu = sum(proc.cpu_seconds(pid) for pid in backends)
-    wrk_cpu = _children_cpu()
+    wrk_cpu = children_cpu()
     machine = proc.machine_cpu()
     started = time.monotonic()
     result = load(seconds=settings.duration)
@@ -58,7 +76,7 @@ def measure_case(
     # the PostgreSQL figure is a lower bound.
     new_backends = set(backends_after) - set(backends)
     postgres_cpu = sum(proc.cpu_seconds(pid) for pid in [*backends, *new_backends]) - postgres_cpu
-    wrk_cpu = _children_cpu() - wrk_cpu
+    wrk_cpu = children_cpu() - wrk_cpu
     machine_busy = machine_after.busy - machine.busy
     memory = [proc.memory_mb(pid) for pid in workers]
     requests = max(result.requests, 1)
@@ -84,6 +102,7 @@ def measure_case(
         "socket_errors": errors["connect"] + errors["read"] + errors["write"],
         "timeouts": errors["timeout"],
         "failures": result.failures,
+        "idle_wait_after_warmup_s": idle_wait,
         "worker_cpu_ms_per_req": round(worker_cpu * 1000 / requests, 3),
         "worker_cpu_cores": round(worker_cpu / wall, 2),
         "worker_kernel_share": round(worker_sys / worker_cpu, 2) if worker_cpu else 0.0,  # syscalls: socket I/O
@@ -116,6 +135,7 @@ def best_of(
     for _ in range(max(1, env.settings.repeat)):
         runs.append(measure_case(env, server, name, request, connections=connections))
         if reset:
+            wait_until_idle(server, limit=env.settings.timeout + 10)  # creates still in flight would land after it
             reset_data(env)
     best = max(runs, key=lambda run: (run["failures"] == 0, run["rps"]))
     if len(runs) > 1:
@@ -165,11 +185,13 @@ def check_counting_in_redis(server: Server, redis_url: str) -> list[str]:
     return problems
 
 
-def _sequential(port: int, path: str, token: str, count: int) -> dict[str, Any]:
+def sequential(port: int, path: str, token: str, count: int) -> dict[str, Any]:
+    """`count` requests one at a time on one connection (after 20 unmeasured ones): latency percentiles."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     headers = {"Authorization": f"Bearer {token}"}
     timings = []
     statuses: dict[int, int] = {}
+    total = None
     try:
         for n in range(count + 20):
             started = time.perf_counter()
@@ -178,6 +200,7 @@ def _sequential(port: int, path: str, token: str, count: int) -> dict[str, Any]:
             response.read()
             elapsed = time.perf_counter() - started
             statuses[response.status] = statuses.get(response.status, 0) + 1
+            total = response.getheader("x-total-count")
             if n >= 20:  # the first few warm the connection and caches
                 timings.append(elapsed * 1000)
     finally:
@@ -187,8 +210,11 @@ def _sequential(port: int, path: str, token: str, count: int) -> dict[str, Any]:
         "path": path,
         "requests": count,
         "statuses": {str(k): v for k, v in statuses.items()},
+        "total_count": int(total) if total is not None and total.isdigit() else None,
         "p50_ms": round(statistics.median(timings), 3),
         "p95_ms": round(timings[int(len(timings) * 0.95) - 1], 3),
+        "p99_ms": round(timings[max(0, math.ceil(len(timings) * 0.99) - 1)], 3),
+        "max_ms": round(timings[-1], 3),
         "mean_ms": round(statistics.fmean(timings), 3),
     }
 
@@ -198,9 +224,9 @@ def large_user_probes(env: BenchEnv, server: Server) -> dict[str, Any]:
     count = env.settings.probe_requests
     deep_page = max(1, env.data.big_user_tasks // 20 * 4 // 5)  # page 4000 of 5000
     probes: dict[str, Any] = {
-        "small_first_page": _sequential(server.port, LIST_PATH, env.small_token, count),
-        "big_first_page": _sequential(server.port, LIST_PATH, env.big_token, count),
-        "big_deep_page": _sequential(server.port, f"{LIST_PATH}&page={deep_page}", env.big_token, max(50, count // 3)),
+        "small_first_page": sequential(server.port, LIST_PATH, env.small_token, count),
+        "big_first_page": sequential(server.port, LIST_PATH, env.big_token, count),
+        "big_deep_page": sequential(server.port, f"{LIST_PATH}&page={deep_page}", env.big_token, max(50, count // 3)),
     }
     for name, probe in probes.items():
         print(f"  probe {name:<18} p50 {probe['p50_ms']:.2f} ms  p95 {probe['p95_ms']:.2f} ms  {probe['statuses']}")
@@ -211,7 +237,7 @@ def large_user_probes(env: BenchEnv, server: Server) -> dict[str, Any]:
     return probes
 
 
-def _plan_nodes(plan: list[str]) -> str:
+def plan_nodes(plan: list[str]) -> str:
     """`Limit > Index Scan Backward using ix_... on tasks`: the plan's nodes, outermost first."""
     nodes = [line.strip().removeprefix("->").strip().split("  (cost")[0] for line in plan if "(cost" in line]
     return " > ".join(nodes)
@@ -249,7 +275,7 @@ async def _sql_probes(env: BenchEnv) -> dict[str, Any]:
             plan_lines = [row[0] for row in plan]
             results[name] = {
                 "median_ms": round(statistics.median(timings), 3),
-                "plan_nodes": _plan_nodes(plan_lines),
+                "plan_nodes": plan_nodes(plan_lines),
                 "plan": plan_lines,
             }
             print(f"  sql {name:<14} median {results[name]['median_ms']:.3f} ms  {results[name]['plan_nodes'][:90]}")
