@@ -34,6 +34,51 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
     )
 
 
+async def open_pool() -> asyncpg.Pool:
+    """The pool both ceiling apps use: CEILING_POOL_SIZE connections, opened up front."""
+    pool_size = int(os.environ.get("CEILING_POOL_SIZE", "20"))
+    return await asyncpg.create_pool(
+        os.environ["CEILING_DSN"], min_size=pool_size, max_size=pool_size, init=_init_connection
+    )
+
+
+def verified_user(authorization: str, secret: str) -> str | None:
+    """The `sub` of a valid HS256 bearer token, else None."""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    try:
+        claims = jwt.decode(token.strip(), secret, algorithms=["HS256"], leeway=30, options={"require": ["exp"]})
+    except jwt.PyJWTError:
+        return None
+    sub = claims.get("sub")
+    return sub if isinstance(sub, str) and sub else None
+
+
+async def list_tasks(pool: asyncpg.Pool, user_id: str) -> bytes:
+    rows = await pool.fetch(LIST_SQL, user_id, 20, 0)
+    return orjson.dumps([dict(row) for row in rows])
+
+
+async def insert_task(pool: asyncpg.Pool, user_id: str, raw_body: bytes) -> tuple[int, bytes]:
+    """The create's status and response body; a title is all that is validated."""
+    body = orjson.loads(raw_body)
+    title = body.get("title") if isinstance(body, dict) else None
+    if not isinstance(title, str) or not 0 < len(title.strip()) <= 200:
+        return 422, b'{"detail":"title: 1-200 characters"}'
+    due_date = body.get("due_date")
+    row = await pool.fetchrow(
+        INSERT_SQL,
+        user_id,
+        title.strip(),
+        body.get("description"),
+        body.get("priority", "medium"),
+        body.get("tags", []),
+        datetime.fromisoformat(due_date) if isinstance(due_date, str) else None,
+    )
+    return 201, orjson.dumps(dict(row) if row else None)
+
+
 class CeilingApp:
     def __init__(self) -> None:
         self.secret = ""
@@ -49,42 +94,17 @@ class CeilingApp:
             return
         assert self.pool is not None
         if scope["method"] == "GET" and scope["path"] == "/api/tasks":
-            rows = await self.pool.fetch(LIST_SQL, user_id, 20, 0)
-            await _respond(send, 200, orjson.dumps([dict(row) for row in rows]))
+            await _respond(send, 200, await list_tasks(self.pool, user_id))
         elif scope["method"] == "POST" and scope["path"] == "/api/tasks":
-            body = orjson.loads(await _read_body(receive))
-            title = body.get("title") if isinstance(body, dict) else None
-            if not isinstance(title, str) or not 0 < len(title.strip()) <= 200:
-                await _respond(send, 422, b'{"detail":"title: 1-200 characters"}')
-                return
-            due_date = body.get("due_date")
-            row = await self.pool.fetchrow(
-                INSERT_SQL,
-                user_id,
-                title.strip(),
-                body.get("description"),
-                body.get("priority", "medium"),
-                body.get("tags", []),
-                datetime.fromisoformat(due_date) if isinstance(due_date, str) else None,
-            )
-            await _respond(send, 201, orjson.dumps(dict(row) if row else None))
+            status, body = await insert_task(self.pool, user_id, await _read_body(receive))
+            await _respond(send, status, body)
         else:
             await _respond(send, 404, b'{"detail":"Not found"}')
 
     def _authenticate(self, scope: Scope) -> str | None:
         for name, value in scope["headers"]:
             if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                if scheme.lower() != "bearer":
-                    return None
-                try:
-                    claims = jwt.decode(
-                        token.strip(), self.secret, algorithms=["HS256"], leeway=30, options={"require": ["exp"]}
-                    )
-                except jwt.PyJWTError:
-                    return None
-                sub = claims.get("sub")
-                return sub if isinstance(sub, str) and sub else None
+                return verified_user(value.decode("latin-1"), self.secret)
         return None
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -92,10 +112,7 @@ class CeilingApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self.secret = os.environ["BETTER_AUTH_SECRET"]
-                pool_size = int(os.environ.get("CEILING_POOL_SIZE", "20"))
-                self.pool = await asyncpg.create_pool(
-                    os.environ["CEILING_DSN"], min_size=pool_size, max_size=pool_size, init=_init_connection
-                )
+                self.pool = await open_pool()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self.pool is not None:

@@ -56,6 +56,21 @@ def _env_names(name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in os.environ.get(name, "").split(",") if item.strip())
 
 
+CEILING_VARIANTS = ("bare", "fastapi")
+
+
+def _ceilings(value: str) -> tuple[str, ...]:
+    if value.strip() in ("", "0"):
+        return ()
+    if value.strip() == "1":
+        return CEILING_VARIANTS
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = [name for name in names if name not in CEILING_VARIANTS]
+    if unknown:
+        raise SystemExit(f"BENCH_CEILING: unknown {unknown}; use 1, 0 or some of {', '.join(CEILING_VARIANTS)}")
+    return names
+
+
 @dataclass(frozen=True)
 class BenchSettings:
     """Everything a run can vary, from BENCH_* environment variables."""
@@ -76,6 +91,12 @@ class BenchSettings:
     # Only the cases named here, comma-separated (empty: all, with the sequential and SQL probes).
     cases: tuple[str, ...] = field(default_factory=lambda: _env_names("BENCH_CASES"))
     probe_requests: int = field(default_factory=lambda: _env_int("BENCH_PROBE_REQUESTS", 300))
+    # The "new users" scenario: this many brand-new users at once, each running bench/users.py's flow.
+    new_users: int = field(default_factory=lambda: _env_int("BENCH_NEW_USERS", 1000))
+    # Its per-request timeout: above the app's own 10 s database limits, so that the app's 503 is what gets seen.
+    new_users_timeout: float = field(default_factory=lambda: _env_float("BENCH_NEW_USERS_TIMEOUT", 30))
+    # Sequential requests per search probe (after 20 unmeasured ones).
+    search_requests: int = field(default_factory=lambda: _env_int("BENCH_SEARCH_REQUESTS", 100))
     users: int = field(default_factory=lambda: _env_int("BENCH_USERS", 1000))
     tasks_per_user: int = field(default_factory=lambda: _env_int("BENCH_TASKS_PER_USER", 50))
     big_user_tasks: int = field(default_factory=lambda: _env_int("BENCH_BIG_USER_TASKS", 100_000))
@@ -84,7 +105,8 @@ class BenchSettings:
     )
     # The ASGI app under test; another import string (PYTHONPATH is passed on) compares a variant.
     app: str = field(default_factory=lambda: os.environ.get("BENCH_APP", "backend.main:app"))
-    ceiling: bool = field(default_factory=lambda: os.environ.get("BENCH_CEILING", "1") != "0")
+    # The ceiling apps in the run: "bare" (bench/ceiling.py), "fastapi" (bench/ceiling_fastapi.py); 1: both, 0: none.
+    ceilings: tuple[str, ...] = field(default_factory=lambda: _ceilings(os.environ.get("BENCH_CEILING", "1")))
     repeat: int = field(default_factory=lambda: _env_int("BENCH_REPEAT", 1))  # best of N runs per case
     # Before each case, wait (up to quiet_wait s) until other work uses at most quiet_cores CPUs.
     quiet_cores: float = field(default_factory=lambda: _env_float("BENCH_QUIET_CORES", 0.5))

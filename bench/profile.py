@@ -5,20 +5,29 @@ the CPU per request, then py-spy under the same load twice: a flamegraph SVG to 
 folded stacks that are summed per layer. Each sample goes to the innermost frame that belongs to
 a known layer (standard library and interpreter frames pass through to their caller), so the
 shares add up to 100% of the worker's busy CPU.
+
+The "new users" scenario (bench/new_users.py) is profiled on its 2 workers: one measured batch of
+new users for the CPU per request, then a second batch with py-spy attached to both workers for
+the whole batch, without pausing them (raw folded stacks per worker, summed). BENCH_CASES picks
+among "REST list", "GraphQL list", "REST create" and "new users".
 """
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from bench.harness import BenchEnv, BenchSettings, Server, bench_environment, reset_data, running
 from bench.measure import check_responses, measure_case
+from bench.new_users import NEW_USERS_CASE, new_users_server, run_scenario
 from bench.run import APP_CASES
 from bench.wrk import Request, run_wrk
 
@@ -46,7 +55,13 @@ UNATTRIBUTED = "interpreter, other"
 # Frames that pass their time to the caller: containers of library code rather than layers.
 TRANSPARENT = ("asyncio/", "starlette/datastructures.py", "starlette/concurrency.py", "anyio/", "contextlib.py")
 # A thread parked in a wait is not using CPU, whatever the sampler thinks (limits' Timer threads).
-WAITING = ("Condition.wait (threading.py", "lock_PyThread_acquire_lock", "PyThread_acquire_lock_timed")
+# uvicorn's health-check thread in each of several workers blocks on a pipe (or waits for the GIL after it).
+WAITING = (
+    "Condition.wait (threading.py",
+    "lock_PyThread_acquire_lock",
+    "PyThread_acquire_lock_timed",
+    "Process.always_pong (uvicorn",
+)
 
 # What the time is spent *for*: the first operation any frame of a sample matches claims it, so
 # the list goes from specific to broad and the shares add up to 100%.
@@ -61,7 +76,10 @@ OPERATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("SQL compile and cache keys", ("_compile_w_cache", "_generate_cache_key", "_gen_cache_key")),
     ("rows to TaskPublic (pydantic)", ("_to_tasks",)),
     ("Link, Content-Range, Location, ETag headers", ("pagination_headers", "HTTPConnection.url", ".etag (")),
-    ("ensure_user (a SELECT before each insert)", ("ensure_user",)),
+    (
+        "first create: the insert's foreign-key error, the user's provisioning",
+        ("ensure_user", "_owner_missing", "_handle_dbapi_exception"),
+    ),
     # SQLAlchemy runs statements in a greenlet whose samples lose their callers: counted here.
     (
         "SQL statements sent, rows read (SQLAlchemy engine, greenlet, asyncpg)",
@@ -217,26 +235,81 @@ def render(profiles: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@contextmanager
+def _py_spy_on(workers: list[int], stem: Path, rate: int) -> Iterator[list[Path]]:
+    """py-spy on each worker until the block ends (SIGINT makes it write its raw folded stacks)."""
+    paths = [stem.with_name(f"{stem.name}-w{number + 1}.folded") for number in range(len(workers))]
+    # --nonblocking: pausing the workers 100 times a second would change the very waits being looked at
+    # (py-spy reads native stacks only while the process is paused, so C code counts under its Python caller).
+    command = [_py_spy(), "record", f"--rate={rate}", "--nonblocking", "--format=raw"]
+    recorders = [
+        subprocess.Popen(
+            [*command, f"--pid={pid}", f"--output={path}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        for pid, path in zip(workers, paths, strict=True)
+    ]
+    try:
+        yield paths
+    finally:
+        for recorder in recorders:
+            recorder.send_signal(signal.SIGINT)
+        for recorder in recorders:
+            _, stderr = recorder.communicate(timeout=60)
+            if recorder.returncode not in (0, -signal.SIGINT):
+                raise RuntimeError(f"py-spy failed ({recorder.returncode}): {stderr.decode()[-2000:]}")
+
+
+def _profile_new_users(env: BenchEnv, results_dir: Path) -> dict[str, Any]:
+    """A measured batch of new users (CPU per request), then a fresh batch with py-spy on both workers."""
+    stem = results_dir / "profile-new-users"
+    results: dict[str, Any] = {"problems": []}
+    profiled: list[Path] = []
+
+    @contextmanager
+    def during(workers: list[int]) -> Iterator[None]:
+        with _py_spy_on(workers, stem, 100) as paths:
+            profiled.extend(paths)
+            yield
+
+    with new_users_server(env, results) as server:
+        measured = run_scenario(env, server, env.settings.new_users)
+        run_scenario(env, server, env.settings.new_users, label="profiled", during=during)
+    combined = stem.with_suffix(".folded")
+    combined.write_text("".join(path.read_text() for path in profiled))
+    summary = summarize(combined)
+    summary["cpu_ms_per_req"] = measured["worker_cpu_ms_per_req"]
+    summary["rps"] = measured["rps"]
+    summary["other_cpu_cores"] = measured["other_cpu_cores"]
+    summary["kernel_share"] = measured["worker_kernel_share"]
+    summary["measured"] = measured
+    summary["problems"] = results["problems"]
+    return summary
+
+
 def profile(settings: BenchSettings, results_dir: Path) -> None:
     _py_spy()
     seconds = float(os.environ.get("BENCH_PROFILE_SECONDS", "10"))
     profiles: dict[str, dict[str, Any]] = {}
     with bench_environment(settings, results_dir) as env:
-        server = Server("app-w1", settings.app, 1, env, {})
-        with running(server, env.small_token):
-            check_responses(env, server, APP_CASES)
-            reset_data(env)
-            for name, request in APP_CASES:
-                measured = measure_case(env, server, name, request, connections=settings.connections)
-                stem = results_dir / f"profile-{name.lower().replace(' ', '-')}"
-                _profile_under_load(env, server, request, stem, seconds)
-                summary = summarize(stem.with_suffix(".folded"))
-                summary["cpu_ms_per_req"] = measured["worker_cpu_ms_per_req"]
-                summary["rps"] = measured["rps"]
-                summary["other_cpu_cores"] = measured["other_cpu_cores"]
-                summary["kernel_share"] = measured["worker_kernel_share"]
-                profiles[name] = summary
+        cases = [(name, request) for name, request in APP_CASES if settings.selects(name)]
+        if cases:
+            server = Server("app-w1", settings.app, 1, env, {})
+            with running(server, env.small_token):
+                check_responses(env, server, cases)
                 reset_data(env)
+                for name, request in cases:
+                    measured = measure_case(env, server, name, request, connections=settings.connections)
+                    stem = results_dir / f"profile-{name.lower().replace(' ', '-')}"
+                    _profile_under_load(env, server, request, stem, seconds)
+                    summary = summarize(stem.with_suffix(".folded"))
+                    summary["cpu_ms_per_req"] = measured["worker_cpu_ms_per_req"]
+                    summary["rps"] = measured["rps"]
+                    summary["other_cpu_cores"] = measured["other_cpu_cores"]
+                    summary["kernel_share"] = measured["worker_kernel_share"]
+                    profiles[name] = summary
+                    reset_data(env)
+        if settings.selects(NEW_USERS_CASE):
+            profiles[f"{NEW_USERS_CASE} (2 workers)"] = _profile_new_users(env, results_dir)
     (results_dir / "profile.json").write_text(json.dumps(profiles, indent=2) + "\n")
     markdown = render(profiles)
     (results_dir / "profile.md").write_text(markdown)

@@ -1,4 +1,6 @@
-"""`make bench`: seed a scratch database, load the app (1 and 2 workers) and the ceiling app with wrk.
+"""`make bench`: seed a scratch database, load the app (1 and 2 workers) and the ceiling apps with wrk.
+
+Also the search probes and the "new users" scenario (bench/search.py, bench/new_users.py).
 
     python -m bench.run                     # measure; prints the tables, writes bench/results/<run>/
     python -m bench.run --profile           # py-spy profiles of the hot paths under load (make bench-profile)
@@ -35,6 +37,8 @@ from bench.harness import (
     running,
 )
 from bench.measure import best_of, check_counting_in_redis, check_responses, large_user_probes, sql_probes
+from bench.new_users import NEW_USERS_CASE, bench_new_users
+from bench.search import SEARCH_CASE, bench_search
 from bench.wrk import Request, ensure_wrk
 
 PACKAGES: tuple[str, ...] = ("fastapi", "starlette", "strawberry-graphql", "graphql-core", "sqlalchemy", "sqlmodel")
@@ -80,11 +84,15 @@ REDIS_CASE = "REST list (Redis)"
 
 
 def app_cases(settings: BenchSettings) -> list[tuple[str, Request, int]]:
+    """Each hot path at BENCH_CONNECTIONS and at BENCH_STRESS_CONNECTIONS (its tail latency)."""
+    stress = settings.stress_connections
     return [
         ("REST list", REST_LIST, settings.connections),
         ("GraphQL list", GRAPHQL_LIST, settings.connections),
-        (f"REST list @{settings.stress_connections}", REST_LIST, settings.stress_connections),
+        (f"REST list @{stress}", REST_LIST, stress),
+        (f"GraphQL list @{stress}", GRAPHQL_LIST, stress),
         ("REST create", REST_CREATE, settings.connections),
+        (f"REST create @{stress}", REST_CREATE, stress),
     ]
 
 
@@ -121,23 +129,29 @@ def bench_rate_limit_in_redis(env: BenchEnv, results: dict[str, Any]) -> None:
             results["problems"] += check_counting_in_redis(server, redis_url)
 
 
-def bench_ceiling(env: BenchEnv, results: dict[str, Any]) -> None:
+CEILING_APPS = {"bare": ("ceiling", "bench.ceiling:app"), "fastapi": ("ceiling-fastapi", "bench.ceiling_fastapi:app")}
+
+
+def bench_ceiling(env: BenchEnv, variant: str, results: dict[str, Any]) -> None:
+    """A ceiling app (bare ASGI, or the same work in FastAPI) with the list and create cases."""
     settings = env.settings
+    cases = [case for case in CEILING_CASES if settings.selects(case[0])]
+    if not cases:
+        return
     from backend.config import get_settings
 
     app_settings = get_settings()
     pool_size = app_settings.db_pool_size + app_settings.db_max_overflow  # as many connections as the app may open
     extra = {"CEILING_DSN": env.dsn, "CEILING_POOL_SIZE": str(pool_size)}
-    server = Server("ceiling", "bench.ceiling:app", 1, env, extra)
+    name, app = CEILING_APPS[variant]
+    server = Server(name, app, 1, env, extra)
     with running(server, env.small_token):
-        print(f"ceiling: uvicorn bench.ceiling:app --workers 1 on {server.base_url} (asyncpg pool of {pool_size})")
-        results["problems"] += check_responses(env, server, CEILING_CASES)
+        print(f"{name}: uvicorn {app} --workers 1 on {server.base_url} (asyncpg pool of {pool_size})")
+        results["problems"] += check_responses(env, server, cases)
         reset_data(env)
-        for name, request in CEILING_CASES:
-            if not settings.selects(name):
-                continue
+        for case, request in cases:
             reset = request.method == "POST"
-            results["cases"].append(best_of(env, server, name, request, connections=settings.connections, reset=reset))
+            results["cases"].append(best_of(env, server, case, request, connections=settings.connections, reset=reset))
 
 
 def measure(settings: BenchSettings, results_dir: Path) -> dict[str, Any]:
@@ -156,8 +170,12 @@ def measure(settings: BenchSettings, results_dir: Path) -> dict[str, Any]:
             bench_app(env, workers, results)
         if settings.selects(REDIS_CASE):
             bench_rate_limit_in_redis(env, results)
-        if settings.ceiling:
-            bench_ceiling(env, results)
+        if settings.selects(SEARCH_CASE):
+            bench_search(env, results)
+        if settings.selects(NEW_USERS_CASE):
+            bench_new_users(env, results)
+        for variant in settings.ceilings:
+            bench_ceiling(env, variant, results)
         if not settings.cases:
             results["sql"] = sql_probes(env)
     meta["load_after"] = proc.load_average()

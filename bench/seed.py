@@ -3,6 +3,10 @@
 1,000 users with 50 tasks each and one user with 100,000 tasks: mixed titles, ~40% completed,
 70% with a due date, created over 90 days, some priorities, tags and descriptions. The same
 seed gives the same rows, so runs compare.
+
+For the search probes, a few rows are titled SELECTIVE_TITLE (its word SELECTIVE_WORD: two tasks per
+50-task user, one in 10,000 of the big user's), chosen by position so that every other row stays
+what the random generator made; BROAD_WORD is in ~42% of the titles and descriptions.
 """
 
 import json
@@ -53,6 +57,11 @@ TASK_COLUMNS = (
     "updated_at",
 )
 USER_COLUMNS = ("id", "name", "email", "emailVerified", "image", "createdAt", "updatedAt")
+SELECTIVE_WORD = "passport"
+SELECTIVE_TITLE = "Renew passport"
+BROAD_WORD = "the"
+SELECTIVE_ROUNDS = (7, 31)  # a small user's tasks number 7 and 31 (of 50) are titled SELECTIVE_TITLE
+SELECTIVE_EVERY = 10_000  # and one in this many of the big user's
 
 
 @dataclass(frozen=True)
@@ -70,8 +79,10 @@ def _user_id(rng: random.Random) -> str:
     return "".join(rng.choices(string.ascii_letters + string.digits, k=32))
 
 
-def _task_row(rng: random.Random, user_id: str, now: datetime) -> tuple[Any, ...]:
+def _task_row(rng: random.Random, user_id: str, now: datetime, *, selective: bool = False) -> tuple[Any, ...]:
     title = f"{rng.choice(VERBS)} {rng.choice(NOUNS)}{rng.choice(EXTRAS)}"
+    if selective:
+        title = SELECTIVE_TITLE  # after the draws above, so that the random sequence stays the same
     created_at = now - timedelta(seconds=rng.uniform(0, 90 * 86400))
     updated_at = created_at + timedelta(seconds=rng.uniform(0, 3 * 86400)) if rng.random() < 0.3 else created_at
     updated_at = min(updated_at, now)
@@ -114,9 +125,16 @@ async def seed(
     try:
         await connection.copy_records_to_table(user_table, records=user_rows, columns=USER_COLUMNS)
         # Interleave users over time as real traffic would, rather than one user's rows per block.
-        small_rows = [_task_row(rng, user_id, now) for _ in range(tasks_per_user) for user_id in small_user_ids]
+        small_rows = [
+            _task_row(rng, user_id, now, selective=round_ in SELECTIVE_ROUNDS)
+            for round_ in range(tasks_per_user)
+            for user_id in small_user_ids
+        ]
         await connection.copy_records_to_table("tasks", records=small_rows, columns=TASK_COLUMNS)
-        big_rows = (_task_row(rng, big_user_id, now) for _ in range(big_user_tasks))
+        big_rows = (
+            _task_row(rng, big_user_id, now, selective=n % SELECTIVE_EVERY == SELECTIVE_EVERY // 2)
+            for n in range(big_user_tasks)
+        )
         await connection.copy_records_to_table("tasks", records=big_rows, columns=TASK_COLUMNS)
         # Fresh statistics and a visibility map, as autovacuum would leave a long-lived table.
         await connection.execute(f'VACUUM ANALYZE "{user_table}"')
@@ -132,6 +150,15 @@ async def seed(
         max_seed_task_id=int(max_id),
         seconds=time.perf_counter() - started,
     )
+
+
+async def forget_users(dsn: str, user_table: str, user_ids: list[str]) -> None:
+    """Remove users the app provisioned during a case (their tasks and counts go with them: ON DELETE CASCADE)."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(f'DELETE FROM "{user_table}" WHERE id = ANY($1::text[])', user_ids)
+    finally:
+        await connection.close()
 
 
 async def reset(dsn: str, data: DataSet) -> None:
