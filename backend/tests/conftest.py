@@ -23,8 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from backend.config import Settings
 from backend.db import Database, Datastore, create_engine, migrate_to_head
 from backend.main import create_app
+from backend.tests.external_servers import FIGURES, pgbouncer
 from backend.tests.factories import TEST_SECRET
-from backend.tests.services_fixtures import FIGURES, pgbouncer
 
 TEST_REQUEST_TIMEOUT = 60.0  # a test's whole database work; the budget itself is tested with pooled connections
 ADMIN_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -18,8 +18,8 @@ from backend.models import tasks_table
 from backend.principal import PLACEHOLDER_EMAIL_DOMAIN
 from backend.services.users import users_table
 from backend.tests.conftest import make_settings
+from backend.tests.external_servers import serving
 from backend.tests.factories import auth_headers
-from backend.tests.services_fixtures import serving
 
 JSON = {"Content-Type": "application/json"}
 HUGE = "9" * 40

@@ -18,8 +18,8 @@ import pytest
 
 from backend.db import create_engine
 from backend.tests.conftest import make_settings
+from backend.tests.external_servers import PostgresCluster, postgres_cluster, record_figure, uvicorn_server
 from backend.tests.factories import TEST_SECRET, auth_headers
-from backend.tests.services_fixtures import PostgresCluster, postgres_cluster, record_figure, uvicorn_server
 from backend.tests.workload import RoundTrip, run_round_trip, stored_tasks
 
 pytestmark = pytest.mark.slow

@@ -23,8 +23,8 @@ from backend.main import create_app
 from backend.metrics import METHOD_LABELS, instrument_pool
 from backend.observability import CONTINUATION_PREFIX, configure_logging
 from backend.tests.conftest import make_settings
+from backend.tests.external_servers import serving
 from backend.tests.factories import auth_headers
-from backend.tests.services_fixtures import serving
 
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from backend.tests.external_servers import free_port, uvicorn_server
 from backend.tests.factories import TEST_SECRET, auth_headers
 from backend.tests.live_server import live_server
-from backend.tests.services_fixtures import free_port, uvicorn_server
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Real services for the reliability tests: throwaway PostgreSQL clusters, Redis, PgBouncer and uvicorn.
+"""External servers the tests start: throwaway PostgreSQL clusters, Redis, PgBouncer and uvicorn.
 
 Each one runs on a spare loopback port in a temporary directory of its own and is removed
 afterwards, so two test runs on one machine never meet. PostgreSQL and PgBouncer refuse to run
