@@ -1,4 +1,9 @@
-"""Fixtures: every database test runs on a fresh PostgreSQL database and on SQLite.
+"""Fixtures: a database test runs on a fresh PostgreSQL database, through PgBouncer and on SQLite.
+
+Data tests (services, schema, migrations, budgets) need all three; tests of authentication and of
+the transports (headers, status codes, GraphQL's rules) do not depend on the database, so their
+modules say `pytestmark = pytest.mark.single_database` and run once, on PostgreSQL. A module that
+says neither runs on every database.
 
 Each test runs inside an outer transaction that is rolled back afterwards; service writes become
 savepoints on that connection, so their commits stay inside the test (SQLAlchemy 2.0 recipe).
@@ -94,7 +99,25 @@ def through_pgbouncer(url: str, port: int) -> str:
     return routed.render_as_string(hide_password=False)
 
 
-@pytest.fixture(scope="session", params=["postgresql", "sqlite", "pgbouncer"])
+DATABASE_KINDS = ["postgresql", "sqlite", "pgbouncer"]
+SINGLE_DATABASE = "postgresql"  # production's database
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`database_url`'s kinds: all of them, or PostgreSQL alone under the `single_database` mark.
+
+    The mark closest to the test wins, so one test of a single-database module can ask for
+    `every_database` (and the other way round).
+    """
+    if "database_url" not in metafunc.fixturenames:
+        return
+    marks = (mark.name for mark in metafunc.definition.iter_markers())  # the closest first
+    closest = next((name for name in marks if name in ("single_database", "every_database")), "every_database")
+    kinds = [SINGLE_DATABASE] if closest == "single_database" else DATABASE_KINDS
+    metafunc.parametrize("database_url", kinds, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
 async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     if request.param == "sqlite":
         path: Path = tmp_path_factory.mktemp("sqlite") / "todo.db"

@@ -14,6 +14,8 @@ from backend.errors import Unauthenticated
 from backend.tests.factories import TEST_SECRET, auth_headers, make_token
 from backend.tokens import principal_from_claims
 
+pytestmark = pytest.mark.single_database
+
 
 def _b64(data: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()

@@ -10,6 +10,8 @@ from backend.principal import Principal
 from backend.tests.factories import make_token
 from backend.tokens import principal_from_claims
 
+pytestmark = pytest.mark.single_database
+
 USER = "u" * 32
 SESSION = {"id": "s1", "token": "opaque", "userId": USER, "expiresAt": "2026-01-09T00:00:00.000Z"}
 CACHED_USER = {"id": USER, "name": "Ada", "email": "ada@example.com", "emailVerified": False}

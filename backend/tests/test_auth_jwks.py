@@ -24,6 +24,8 @@ from jwt.utils import base64url_encode
 
 from backend.tests.factories import make_token
 
+pytestmark = pytest.mark.single_database
+
 JWKS_PATH = "/api/auth/jwks"
 HANG_SECONDS = 10
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey

@@ -8,6 +8,8 @@ import pytest
 
 from backend.tests.factories import auth_headers
 
+pytestmark = pytest.mark.single_database
+
 ALICE = auth_headers("alice", email="alice@example.com", name="Alice")
 BOB = auth_headers("bob")
 

@@ -21,6 +21,8 @@ from backend.tests.conftest import make_settings
 from backend.tests.external_servers import serving
 from backend.tests.factories import auth_headers
 
+pytestmark = pytest.mark.single_database
+
 JSON = {"Content-Type": "application/json"}
 HUGE = "9" * 40
 ALICE = auth_headers("alice")
@@ -111,6 +113,7 @@ async def test_hostile_rest_input_is_a_clear_4xx_and_stores_nothing(
 SQL_TEXT = "Robert'); DROP TABLE tasks;-- \\ \" %_ ' OR 1=1 --"
 
 
+@pytest.mark.every_database  # stored data: each database's text handling
 async def test_sql_metacharacters_are_stored_and_searched_literally(
     client: httpx.AsyncClient, connection: AsyncConnection
 ) -> None:
@@ -294,6 +297,7 @@ async def test_token_header_text_is_escaped_in_www_authenticate(
 ODD_USER_IDS = ["J\u00fcrgen M\u00fcller", "\u7528\u6237-\u4e00", "100%?#x", "emoji\U0001f600 x", "a+b&c=d"]
 
 
+@pytest.mark.every_database  # stored data: each database's text handling
 @pytest.mark.parametrize("user_id", ODD_USER_IDS)
 async def test_odd_user_ids_get_encoded_location_and_link_and_one_task_per_create(
     client: httpx.AsyncClient, connection: AsyncConnection, user_id: str
@@ -350,6 +354,7 @@ async def test_a_configured_public_url_makes_absolute_links(client: httpx.AsyncC
 # --- Provisioning: nobody can keep another account from its first request -------------------------
 
 
+@pytest.mark.every_database  # each database's locking on a race of first requests
 async def test_no_claim_of_one_account_blocks_another_first_request(database_url: str) -> None:
     """Attackers claim the victim's e-mail and placeholder address, first and then concurrently."""
     victim_id = f"victim-{uuid.uuid4().hex[:8]}"

@@ -49,7 +49,7 @@ def enough_open_files() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-async def database_url(cluster: PostgresCluster) -> str:
+async def load_database_url(cluster: PostgresCluster) -> str:
     admin = await asyncpg.connect(cluster.url().replace("+asyncpg", ""))
     try:
         await admin.execute('CREATE DATABASE "todo_load"')
@@ -59,11 +59,11 @@ async def database_url(cluster: PostgresCluster) -> str:
 
 
 @pytest.fixture(scope="module")
-def base_url(database_url: str, enough_open_files: None) -> Iterator[str]:
+def base_url(load_database_url: str, enough_open_files: None) -> Iterator[str]:
     env = {
         "APP_ENV": "test",
         "BETTER_AUTH_SECRET": TEST_SECRET,
-        "DATABASE_URL": database_url,
+        "DATABASE_URL": load_database_url,
         "DB_POOL_SIZE": str(POOL_SIZE),
         "DB_MAX_OVERFLOW": str(MAX_OVERFLOW),
         "DB_POOL_TIMEOUT": str(POOL_TIMEOUT),
@@ -82,7 +82,7 @@ async def one_user(base_url: str, number: int, start: asyncio.Event, tls: ssl.SS
         return await run_round_trip(client, user_id, auth_headers(user_id))
 
 
-async def test_a_thousand_users_at_once(base_url: str, database_url: str) -> None:
+async def test_a_thousand_users_at_once(base_url: str, load_database_url: str) -> None:
     start = asyncio.Event()
     tls = ssl.create_default_context()
     users = [asyncio.create_task(one_user(base_url, number, start, tls)) for number in range(USERS)]
@@ -94,7 +94,7 @@ async def test_a_thousand_users_at_once(base_url: str, database_url: str) -> Non
 
     problems = [f"{trip.user_id}: {problem}" for trip in trips for problem in trip.problems]
     assert problems == [], f"{len(problems)} problems, first: {problems[:5]}"
-    engine = create_engine(make_settings(database_url))
+    engine = create_engine(make_settings(load_database_url))
     try:
         stored = await stored_tasks(engine, [trip.user_id for trip in trips])
     finally:

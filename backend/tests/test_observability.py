@@ -26,6 +26,8 @@ from backend.tests.conftest import make_settings
 from backend.tests.external_servers import serving
 from backend.tests.factories import auth_headers
 
+pytestmark = pytest.mark.single_database
+
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
 
 

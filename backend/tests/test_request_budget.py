@@ -17,6 +17,8 @@ from backend.tests.conftest import make_settings
 from backend.tests.external_servers import serving
 from backend.tests.factories import auth_headers
 
+pytestmark = pytest.mark.every_database
+
 BUDGET_SECONDS = 0.3
 # Each runs for seconds: PostgreSQL sleeps; SQLite counts in its own thread, where cancelling the
 # task does not reach (the statement must be interrupted).

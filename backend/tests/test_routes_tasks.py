@@ -7,6 +7,8 @@ import pytest
 
 from backend.tests.factories import auth_headers
 
+pytestmark = pytest.mark.single_database
+
 ALICE = auth_headers("alice")
 BOB = auth_headers("bob")
 PREFIXES = ["/api/tasks", "/api/alice/tasks"]

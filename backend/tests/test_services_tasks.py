@@ -20,6 +20,8 @@ from backend.services.idempotency import request_hash
 from backend.services.users import users_table
 from backend.tests.factories import create_task, principal
 
+pytestmark = pytest.mark.every_database
+
 ALICE = principal("alice")
 QUOTA = 10_000
 BOB = principal("bob")

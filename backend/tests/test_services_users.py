@@ -14,6 +14,8 @@ from backend.services import users as user_service
 from backend.services.users import users_table
 from backend.tokens import principal_from_claims
 
+pytestmark = pytest.mark.every_database
+
 BETTER_AUTH_ROW: dict[str, Any] = {
     "id": "B" * 32,
     "name": "Written by Better Auth",
