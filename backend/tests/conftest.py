@@ -11,6 +11,7 @@ savepoints on that connection, so their commits stay inside the test (SQLAlchemy
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -30,6 +31,7 @@ from backend.db import Database, Datastore, create_engine, migrate_to_head
 from backend.main import create_app
 from backend.tests.external_servers import FIGURES, pgbouncer
 from backend.tests.factories import TEST_SECRET
+from backend.tokens import JwksCache, TokenVerifier
 
 TEST_REQUEST_TIMEOUT = 60.0  # a test's whole database work; the budget itself is tested with pooled connections
 ADMIN_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -209,6 +211,33 @@ async def app(
     async with app.router.lifespan_context(app):
         app.state.datastore = joined_datastore(connection)
         yield app
+
+
+class FakeClock:
+    """A clock that moves only when a test advances it; starts at the real wall time."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+async def clock(app: FastAPI) -> AsyncIterator[FakeClock]:
+    """The app's token verifier and JWKS cache read this clock instead of the real ones.
+
+    A frozen clock makes concurrent JWKS waiters refetch (no time passed since the last attempt):
+    only tests that step over an interval use it.
+    """
+    fake = FakeClock()
+    settings: Settings = app.state.settings
+    async with httpx.AsyncClient(timeout=settings.jwks_fetch_timeout) as http_client:
+        app.state.token_verifier = TokenVerifier(settings, JwksCache(settings, http_client, clock=fake), clock=fake)
+        yield fake
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 """The HS256 auth context: the 401 matrix on REST and GraphQL, claim shapes, principal scoping."""
 
-import asyncio
 import base64
 import json
 import time
@@ -11,6 +10,7 @@ import jwt
 import pytest
 
 from backend.errors import Unauthenticated
+from backend.tests.conftest import FakeClock
 from backend.tests.factories import TEST_SECRET, auth_headers, make_token
 from backend.tokens import principal_from_claims
 
@@ -176,11 +176,11 @@ async def test_session_cache_token_works_end_to_end(client: httpx.AsyncClient) -
 
 
 @pytest.mark.parametrize("settings_overrides", [{"jwt_leeway_seconds": 0}])
-async def test_a_remembered_token_still_expires(client: httpx.AsyncClient) -> None:
+async def test_a_remembered_token_still_expires(client: httpx.AsyncClient, clock: FakeClock) -> None:
     token = make_token(expires_in=2)
     assert (await client.get("/api/tasks", headers={"Authorization": f"Bearer {token}"})).status_code == 200
     assert (await client.get("/api/tasks", headers={"Authorization": f"Bearer {token}"})).status_code == 200
-    await asyncio.sleep(2.2)
+    clock.advance(2)  # exp is now, and there is no leeway
     expired = await client.get("/api/tasks", headers={"Authorization": f"Bearer {token}"})
     assert expired.status_code == 401
     assert "expired" in expired.json()["detail"]
