@@ -328,11 +328,6 @@ async def test_configured_issuer_and_audience_replace_the_origin(
     assert (await client.get("/api/me", headers=bearer(hs_configured))).status_code == 200
 
 
-async def test_hs256_tokens_are_not_checked_for_iss_and_aud_by_default(client: httpx.AsyncClient) -> None:
-    token = make_token("alice", iss="https://anywhere.example", aud="anyone")
-    assert (await client.get("/api/me", headers=bearer(token))).status_code == 200
-
-
 # --- Algorithms: confusion, none, mismatch ---------------------------------------------------
 
 
