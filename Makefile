@@ -49,8 +49,11 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
+# Two workers (pytest-xdist) on the 2-core machines this runs on; PYTEST_WORKERS=0 runs in one process.
+# A module marked xdist_group keeps its servers on one worker; the others spread test by test.
+PYTEST_WORKERS ?= 2
 pytest: install
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 test: lint typecheck pytest
 

@@ -28,7 +28,8 @@ from backend.tests.conftest import make_settings
 from backend.tests.factories import auth_headers, make_token
 from backend.tests.live_server import live_server
 
-pytestmark = pytest.mark.single_database
+# Its servers start once: every test here runs on the same xdist worker.
+pytestmark = [pytest.mark.single_database, pytest.mark.xdist_group("explorers")]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

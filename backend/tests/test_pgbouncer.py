@@ -37,6 +37,9 @@ from backend.tests.factories import auth_headers
 from backend.tests.live_server import live_server
 from backend.tests.workload import run_round_trip
 
+# Its servers start once: every test here runs on the same xdist worker.
+pytestmark = pytest.mark.xdist_group("pgbouncer")
+
 CLIENTS = 60
 SERVER_POOL = 2
 STOCK_USERS = 200
