@@ -1,9 +1,9 @@
 """Fixtures: a database test runs on a fresh PostgreSQL database, through PgBouncer and on SQLite.
 
-Data tests (services, schema, migrations, budgets) need all three; tests of authentication and of
-the transports (headers, status codes, GraphQL's rules) do not depend on the database, so their
-modules say `pytestmark = pytest.mark.single_database` and run once, on PostgreSQL. A module that
-says neither runs on every database.
+Data tests (services, schema, migrations, budgets) need all three: their modules say
+`pytestmark = pytest.mark.every_database`, which is also what a module that says nothing gets.
+Tests of authentication and of the transports (headers, status codes, GraphQL's rules) do not
+depend on the database: their modules say `pytest.mark.single_database` and run once, on PostgreSQL.
 
 Each test runs inside an outer transaction that is rolled back afterwards; service writes become
 savepoints on that connection, so their commits stay inside the test (SQLAlchemy 2.0 recipe).
