@@ -50,10 +50,11 @@ typecheck: install
 	$(VENV)/bin/mypy
 
 # Two workers (pytest-xdist) on the 2-core machines this runs on; PYTEST_WORKERS=0 runs in one process.
-# A module marked xdist_group keeps its servers on one worker; the others spread test by test.
+# A worker takes a module's tests on one database kind at a time (conftest's pytest_xdist_make_scheduler),
+# the slow ones first.
 PYTEST_WORKERS ?= 2
 pytest: install
-	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 test: lint typecheck pytest
 

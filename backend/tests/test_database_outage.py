@@ -21,8 +21,7 @@ from backend.tests.conftest import make_settings
 from backend.tests.external_servers import PostgresCluster, postgres_cluster, record_figure, serving
 from backend.tests.factories import auth_headers
 
-# Its servers start once: every test here runs on the same xdist worker.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("database_outage")]
+pytestmark = pytest.mark.slow
 
 CONNECT_TIMEOUT = 1.0
 STATEMENT_TIMEOUT_MS = 1500

@@ -33,8 +33,7 @@ SERVER_START_TIMEOUT = 60
 EMAIL_TIMEOUT = 10
 PASSWORD = "correct horse battery staple"
 
-# Its servers start once: every test here runs on the same xdist worker.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e_better_auth")]
+pytestmark = pytest.mark.slow
 
 
 def libpq_url(database_url: str) -> str:

@@ -28,8 +28,7 @@ from backend.tests.conftest import make_settings
 from backend.tests.factories import auth_headers, make_token
 from backend.tests.live_server import live_server
 
-# Its servers start once: every test here runs on the same xdist worker.
-pytestmark = [pytest.mark.single_database, pytest.mark.xdist_group("explorers")]
+pytestmark = pytest.mark.single_database
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

@@ -33,8 +33,7 @@ from backend.tests.conftest import create_scratch_database, drop_scratch_databas
 from backend.tests.external_servers import record_figure
 from backend.tests.factories import auth_headers, create_task, principal
 
-# Its servers start once: every test here runs on the same xdist worker.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("fuzz_openapi")]
+pytestmark = pytest.mark.slow
 
 USER = "fuzz-user"
 EXISTING_TASKS = 20  # ids 1..20 exist, so that generated ids sometimes hit a task

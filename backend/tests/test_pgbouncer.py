@@ -37,8 +37,7 @@ from backend.tests.factories import auth_headers
 from backend.tests.live_server import live_server
 from backend.tests.workload import run_round_trip
 
-# Its servers start once: every test here runs on the same xdist worker.
-pytestmark = pytest.mark.xdist_group("pgbouncer")
+pytestmark = pytest.mark.slow
 
 CLIENTS = 60
 SERVER_POOL = 2

@@ -28,9 +28,6 @@ from backend.tests.conftest import make_settings
 from backend.tests.external_servers import RedisServer, asgi_client, record_figure, redis_server, serving
 from backend.tests.factories import auth_headers
 
-# Its servers start once: every test here runs on the same xdist worker.
-pytestmark = pytest.mark.xdist_group("rate_limits")
-
 # Framework pages that carry no data; everything else must draw on the caller's budget.
 # Documentation, the explorers' static files and probes: no data, no token, cheap.
 EXEMPT_PATHS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/health", "/ready", "/metrics", "/static"}

@@ -17,9 +17,6 @@ from backend.config import Settings
 from backend.tests.factories import auth_headers, make_token
 from backend.tests.live_server import live_server
 
-# Its servers start once: every test here runs on the same xdist worker.
-pytestmark = pytest.mark.xdist_group("readme")
-
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 

@@ -16,8 +16,7 @@ from backend.tests.external_servers import free_port, uvicorn_server
 from backend.tests.factories import TEST_SECRET, auth_headers
 from backend.tests.live_server import live_server
 
-# Its servers start once: every test here runs on the same xdist worker.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("served")]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
