@@ -49,8 +49,15 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
+# Two workers (pytest-xdist) on the 2-core machines this runs on; PYTEST_WORKERS=0 runs in one process.
+# A worker takes a module's tests on one database kind at a time (conftest's pytest_xdist_make_scheduler),
+# the slow ones first. The 1000-user load test then runs alone: it keeps both cores busy by itself, and
+# sharing them would only stretch the latencies it reports.
+PYTEST_WORKERS ?= 2
+LOAD_TEST := backend/tests/test_load.py
 pytest: install
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder --ignore=$(LOAD_TEST)
+	$(VENV)/bin/pytest $(LOAD_TEST)
 
 test: lint typecheck pytest
 

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -23,6 +24,10 @@ HS_ALGORITHMS = frozenset({"HS256"})
 JWKS_ALGORITHMS = frozenset({"EdDSA", "ES256", "ES512", "RS256", "PS256"})
 MAX_TOKEN_LENGTH = 8192
 MAX_ID_LENGTH = 255
+EXPIRED = "Token has expired"
+NOT_YET_VALID = "Token is not yet valid (nbf/iat in the future)"
+
+Clock = Callable[[], float]  # seconds: time.time for token claims, time.monotonic for intervals
 
 
 def _text_claim(raw: Any, max_length: int = MAX_ID_LENGTH) -> str | None:
@@ -62,8 +67,8 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
 
 
 _ERROR_DETAILS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
-    (jwt.ExpiredSignatureError, "Token has expired"),
-    (jwt.ImmatureSignatureError, "Token is not yet valid (nbf/iat in the future)"),
+    (jwt.ExpiredSignatureError, EXPIRED),
+    (jwt.ImmatureSignatureError, NOT_YET_VALID),
     (jwt.InvalidSignatureError, "Invalid token signature"),
     (jwt.InvalidIssuerError, "Wrong token issuer (iss)"),
     (jwt.InvalidAudienceError, "Wrong token audience (aud)"),
@@ -87,7 +92,8 @@ def _unauthenticated(exc: jwt.PyJWTError) -> Unauthenticated:
 class JwksCache:
     """Better Auth's public keys by `kid`; an unknown kid refetches the set, at most once per interval."""
 
-    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
+    def __init__(self, settings: Settings, client: httpx.AsyncClient, *, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
         self._url = settings.jwks_url
         self._ttl = settings.jwks_cache_seconds
         self._min_refetch = settings.jwks_min_refetch_seconds
@@ -99,7 +105,7 @@ class JwksCache:
         self._lock = asyncio.Lock()
 
     async def key_for(self, kid: str) -> jwt.PyJWK:
-        if self._keys is None or kid not in self._keys or time.monotonic() - self._fetched_at > self._ttl:
+        if self._keys is None or kid not in self._keys or self._clock() - self._fetched_at > self._ttl:
             await self._refresh()
         if self._keys is None:
             # A valid token must not log its user out because Better Auth is down: retry, not re-login.
@@ -113,7 +119,7 @@ class JwksCache:
         return key
 
     async def _refresh(self) -> None:
-        requested_at = time.monotonic()
+        requested_at = self._clock()
         async with self._lock:
             # An attempt that ended after this request began (it waited on that one) or less than
             # the interval before it answers it: a flood of bogus kids costs Better Auth one request
@@ -125,9 +131,9 @@ class JwksCache:
             except (httpx.HTTPError, httpx.InvalidURL, TimeoutError, ValueError) as exc:
                 logger.warning("JWKS fetch from %s failed: %r", self._url, exc)
             else:
-                self._keys, self._fetched_at = keys, time.monotonic()
+                self._keys, self._fetched_at = keys, self._clock()
             finally:
-                self._attempt_ended_at = time.monotonic()
+                self._attempt_ended_at = self._clock()
 
     async def _fetch(self) -> dict[str, jwt.PyJWK]:
         async with asyncio.timeout(self._timeout):  # httpx's timeouts bound each read, not the whole response
@@ -149,10 +155,11 @@ class TokenVerifier:
 
     VERIFIED_CACHE_SIZE = 10_000
 
-    def __init__(self, settings: Settings, jwks: JwksCache) -> None:
+    def __init__(self, settings: Settings, jwks: JwksCache, *, clock: Clock = time.time) -> None:
         # Verified tokens by their exact bytes: a client sends the same token for minutes, and
         # PyJWT's checks cost more than the rest of a list request's Python. The signature of
-        # those bytes cannot change; exp and nbf are checked again on every use.
+        # those bytes cannot change; exp, nbf and iat are checked against `clock` on every use.
+        self._clock = clock
         self._verified: dict[str, tuple[Principal, float, float]] = {}
         self._secret = settings.better_auth_secret
         self._leeway = settings.jwt_leeway_seconds
@@ -163,22 +170,25 @@ class TokenVerifier:
         self._jwks = jwks
 
     async def verify(self, token: str) -> Principal:
-        cached = self._verified.get(token)
-        if cached is not None:
-            principal, valid_from, valid_until = cached
-            if valid_from <= time.time() < valid_until:
-                return principal
-            del self._verified[token]
-        principal, claims = await self._verify(token)
-        self._remember(token, principal, claims)
-        return principal
+        remembered = self._verified.get(token)
+        if remembered is None:
+            principal, claims = await self._verify(token)  # PyJWT checks the times too, by the real clock
+            remembered = self._remember(token, principal, claims)
+        principal, valid_from, valid_until = remembered
+        now = self._clock()
+        if valid_from <= now < valid_until:
+            return principal
+        del self._verified[token]
+        raise Unauthenticated(NOT_YET_VALID if now < valid_from else EXPIRED)
 
-    def _remember(self, token: str, principal: Principal, claims: dict[str, Any]) -> None:
-        valid_from = max(_number(claims.get("nbf")), _number(claims.get("iat"))) - self._leeway
-        valid_until = _number(claims["exp"]) + self._leeway
+    def _remember(self, token: str, principal: Principal, claims: dict[str, Any]) -> tuple[Principal, float, float]:
+        valid_from = max(_numeric_date(claims, "nbf"), _numeric_date(claims, "iat")) - self._leeway
+        valid_until = _numeric_date(claims, "exp") + self._leeway
         if len(self._verified) >= self.VERIFIED_CACHE_SIZE:
             del self._verified[next(iter(self._verified))]  # the oldest entry
-        self._verified[token] = (principal, valid_from, valid_until)
+        remembered = (principal, valid_from, valid_until)
+        self._verified[token] = remembered
+        return remembered
 
     async def _verify(self, token: str) -> tuple[Principal, dict[str, Any]]:
         if len(token) > MAX_TOKEN_LENGTH:
@@ -219,9 +229,9 @@ class TokenVerifier:
         return claims
 
 
-def _number(value: Any) -> float:
-    """A NumericDate claim PyJWT has already validated (absent: no constraint)."""
-    return float(value) if isinstance(value, int | float) else 0.0
+def _numeric_date(claims: dict[str, Any], name: str) -> int:
+    """A NumericDate claim as PyJWT read it when it verified the token (absent: no constraint)."""
+    return int(claims[name]) if name in claims else 0
 
 
 def bearer_token(authorization: str | None) -> str:

@@ -1,4 +1,9 @@
-"""Fixtures: every database test runs on a fresh PostgreSQL database and on SQLite.
+"""Fixtures: a database test runs on a fresh PostgreSQL database, through PgBouncer and on SQLite.
+
+Data tests (services, schema, migrations, budgets) need all three: their modules say
+`pytestmark = pytest.mark.every_database`, which is also what a module that says nothing gets.
+Tests of authentication and of the transports (headers, status codes, GraphQL's rules) do not
+depend on the database: their modules say `pytest.mark.single_database` and run once, on PostgreSQL.
 
 Each test runs inside an outer transaction that is rolled back afterwards; service writes become
 savepoints on that connection, so their commits stay inside the test (SQLAlchemy 2.0 recipe).
@@ -6,6 +11,8 @@ savepoints on that connection, so their commits stay inside the test (SQLAlchemy
 
 import asyncio
 import os
+import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -23,8 +30,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from backend.config import Settings
 from backend.db import Database, Datastore, create_engine, migrate_to_head
 from backend.main import create_app
+from backend.tests.external_servers import FIGURES, pgbouncer
 from backend.tests.factories import TEST_SECRET
-from backend.tests.services_fixtures import FIGURES, pgbouncer
+from backend.tokens import JwksCache, TokenVerifier
 
 TEST_REQUEST_TIMEOUT = 60.0  # a test's whole database work; the budget itself is tested with pooled connections
 ADMIN_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -61,8 +69,51 @@ async def drop_scratch_database(url: str) -> None:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if FIGURES:
         terminalreporter.section("reliability figures")
-        for name, value in FIGURES.items():
+        for name, value in sorted(FIGURES.items()):
             terminalreporter.write_line(f"{name}: {value}")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Under pytest-xdist a worker hands the figures it measured to the controller, which prints them."""
+    worker_output: dict[str, Any] | None = getattr(session.config, "workeroutput", None)
+    if worker_output is not None:
+        worker_output["figures"] = dict(FIGURES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    FIGURES.update(getattr(node, "workeroutput", {}).get("figures", {}))
+
+
+@pytest.hookimpl(trylast=True)  # after pytest has grouped the tests by database kind
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first: under xdist the long ones then overlap the many short ones instead of
+    running alone at the end. (In one process the order changes nothing.)"""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+DATABASE_KIND_IN_ID = re.compile(r"\[(postgresql|sqlite|pgbouncer)\b")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadscope` (`make test`) with a module's tests on one database kind as the unit of work.
+
+    A module's own servers (clusters, PgBouncer, uvicorn, a browser) start once, on one worker;
+    a worker switches its database kind (a scratch database made and dropped) only between units.
+    With `--no-loadscope-reorder` the units go out in collection order: the slow ones first.
+    """
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]  # xdist ships no types
+
+    class ModuleAndDatabaseScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            kind = DATABASE_KIND_IN_ID.search(nodeid)
+            return f"{module}[{kind.group(1)}]" if kind else module
+
+    return ModuleAndDatabaseScheduling(config, log)
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
@@ -94,7 +145,25 @@ def through_pgbouncer(url: str, port: int) -> str:
     return routed.render_as_string(hide_password=False)
 
 
-@pytest.fixture(scope="session", params=["postgresql", "sqlite", "pgbouncer"])
+DATABASE_KINDS = ["postgresql", "sqlite", "pgbouncer"]
+SINGLE_DATABASE = "postgresql"  # production's database
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`database_url`'s kinds: all of them, or PostgreSQL alone under the `single_database` mark.
+
+    The mark closest to the test wins, so one test of a single-database module can ask for
+    `every_database` (and the other way round).
+    """
+    if "database_url" not in metafunc.fixturenames:
+        return
+    marks = (mark.name for mark in metafunc.definition.iter_markers())  # the closest first
+    closest = next((name for name in marks if name in ("single_database", "every_database")), "every_database")
+    kinds = [SINGLE_DATABASE] if closest == "single_database" else DATABASE_KINDS
+    metafunc.parametrize("database_url", kinds, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
 async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     if request.param == "sqlite":
         path: Path = tmp_path_factory.mktemp("sqlite") / "todo.db"
@@ -186,6 +255,33 @@ async def app(
     async with app.router.lifespan_context(app):
         app.state.datastore = joined_datastore(connection)
         yield app
+
+
+class FakeClock:
+    """A clock that moves only when a test advances it; starts at the real wall time."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+async def clock(app: FastAPI) -> AsyncIterator[FakeClock]:
+    """The app's token verifier and JWKS cache read this clock instead of the real ones.
+
+    A frozen clock makes concurrent JWKS waiters refetch (no time passed since the last attempt):
+    only tests that step over an interval use it.
+    """
+    fake = FakeClock()
+    settings: Settings = app.state.settings
+    async with httpx.AsyncClient(timeout=settings.jwks_fetch_timeout) as http_client:
+        app.state.token_verifier = TokenVerifier(settings, JwksCache(settings, http_client, clock=fake), clock=fake)
+        yield fake
 
 
 @pytest.fixture

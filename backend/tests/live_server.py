@@ -4,8 +4,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from backend.tests.external_servers import uvicorn_server
 from backend.tests.factories import TEST_SECRET
-from backend.tests.services_fixtures import uvicorn_server
 
 
 @contextmanager

@@ -10,6 +10,8 @@ from backend.principal import Principal
 from backend.tests.factories import make_token
 from backend.tokens import principal_from_claims
 
+pytestmark = pytest.mark.single_database
+
 USER = "u" * 32
 SESSION = {"id": "s1", "token": "opaque", "userId": USER, "expiresAt": "2026-01-09T00:00:00.000Z"}
 CACHED_USER = {"id": USER, "name": "Ada", "email": "ada@example.com", "emailVerified": False}
@@ -60,6 +62,8 @@ def test_user_id_and_profile_come_from_the_contracts_claims(claims: dict[str, An
         pytest.param({"sub": "   "}, id="blank-sub"),
         pytest.param({"sub": "", "user_id": USER}, id="bad-sub-no-fallback"),
         pytest.param({"sub": 42}, id="numeric-sub"),
+        pytest.param({"sub": None}, id="null-sub"),
+        pytest.param({"sub": ["u1"]}, id="list-sub"),
         pytest.param({"user_id": ["x"]}, id="list-user_id"),
         pytest.param({"id": "x" * 256}, id="too-long"),
         pytest.param({"sub": "a\nb"}, id="control-character"),
@@ -79,6 +83,8 @@ async def test_better_auth_session_cache_token_works_end_to_end(client: httpx.As
     )
     assert created.status_code == 201, created.text
     assert created.json()["user_id"] == USER
+    me = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
+    assert me.json() == {"id": USER, "email": "ada@example.com", "name": "Ada"}
 
 
 async def test_better_auth_email_verification_token_is_refused(client: httpx.AsyncClient) -> None:

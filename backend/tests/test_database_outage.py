@@ -18,8 +18,8 @@ import pytest
 
 from backend.main import create_app
 from backend.tests.conftest import make_settings
+from backend.tests.external_servers import PostgresCluster, postgres_cluster, record_figure, serving
 from backend.tests.factories import auth_headers
-from backend.tests.services_fixtures import PostgresCluster, postgres_cluster, record_figure, serving
 
 pytestmark = pytest.mark.slow
 

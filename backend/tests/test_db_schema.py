@@ -15,6 +15,8 @@ from backend.sql_functions import contains_ignoring_case
 from backend.tests.conftest import create_scratch_database, drop_scratch_database, make_settings
 from backend.tests.factories import create_task, principal
 
+pytestmark = pytest.mark.every_database
+
 
 async def insert_user(connection: AsyncConnection, user_id: str = "raw-user", email: str = "raw@example.com") -> None:
     await connection.execute(

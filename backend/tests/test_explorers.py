@@ -28,6 +28,8 @@ from backend.tests.conftest import make_settings
 from backend.tests.factories import auth_headers, make_token
 from backend.tests.live_server import live_server
 
+pytestmark = pytest.mark.single_database
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 # Flags that work in containers without a GPU, sandbox or network beyond loopback.

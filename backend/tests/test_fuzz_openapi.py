@@ -30,8 +30,8 @@ from schemathesis.specs.openapi.checks import (
 from backend.db import Datastore, create_engine, migrate_to_head
 from backend.main import create_app
 from backend.tests.conftest import create_scratch_database, drop_scratch_database, make_settings
+from backend.tests.external_servers import record_figure
 from backend.tests.factories import auth_headers, create_task, principal
-from backend.tests.services_fixtures import record_figure
 
 pytestmark = pytest.mark.slow
 

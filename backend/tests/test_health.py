@@ -12,6 +12,8 @@ from backend.main import create_app
 from backend.tests.conftest import make_settings
 from backend.tests.factories import auth_headers
 
+pytestmark = pytest.mark.single_database
+
 UNREACHABLE_DATABASE = "postgresql://postgres@127.0.0.1:9/nowhere"  # the discard port: nothing listens
 
 

@@ -18,14 +18,16 @@ from backend.models import tasks_table
 from backend.principal import PLACEHOLDER_EMAIL_DOMAIN
 from backend.services.users import users_table
 from backend.tests.conftest import make_settings
+from backend.tests.external_servers import serving
 from backend.tests.factories import auth_headers
-from backend.tests.services_fixtures import serving
+
+pytestmark = pytest.mark.single_database
 
 JSON = {"Content-Type": "application/json"}
 HUGE = "9" * 40
 ALICE = auth_headers("alice")
 
-# name: (method, path, request keywords, expected status)
+# name: (method, path, request keywords, expected status); invalid values GraphQL can carry too are in test_parity.py
 REST_REJECTIONS: dict[str, tuple[str, str, dict[str, Any], int]] = {
     "invalid UTF-8 in a body": ("POST", "/api/tasks", {"content": b'{"title": "\xff\xfe"}', "headers": JSON}, 400),
     "invalid UTF-8 in a query": ("GET", "/api/tasks?search=%FF", {}, 400),
@@ -33,29 +35,9 @@ REST_REJECTIONS: dict[str, tuple[str, str, dict[str, Any], int]] = {
     "encoded surrogate in a query": ("GET", "/api/tasks?q=%ED%A0%80", {}, 400),
     "invalid UTF-8 in a path": ("GET", "/api/tasks/%FF", {}, 400),
     "invalid UTF-8 as the path user": ("POST", "/api/%C3%28/tasks", {"json": {"title": "x"}}, 400),
-    "NUL in a title": ("POST", "/api/tasks", {"json": {"title": "a\x00b"}}, 422),
-    "NUL in a tag": ("POST", "/api/tasks", {"json": {"title": "ok", "tags": ["a\x00"]}}, 422),
-    "NUL in a search": ("GET", "/api/tasks?search=a%00b", {}, 422),
-    "NUL in a tag filter": ("GET", "/api/tasks?tag=%00", {}, 422),
-    "lone surrogate in a title": ("POST", "/api/tasks", {"content": b'{"title": "\\ud800"}', "headers": JSON}, 422),
-    "lone surrogate in a description": (
-        "POST",
-        "/api/tasks",
-        {"content": b'{"title": "ok", "description": "\\udfff"}', "headers": JSON},
-        422,
-    ),
     "huge id in a path": ("GET", f"/api/tasks/{HUGE}", {}, 422),
     "negative id in a path": ("DELETE", "/api/tasks/-1", {}, 422),
-    "huge page": ("GET", f"/api/tasks?page={HUGE}", {}, 422),
-    "huge limit": ("GET", f"/api/tasks?limit={HUGE}", {}, 422),
     "float overflow as a page": ("GET", "/api/tasks?page=1e999", {}, 422),
-    "huge number as a title": (
-        "POST",
-        "/api/tasks",
-        {"content": b'{"title": ' + HUGE.encode() + b"}", "headers": JSON},
-        422,
-    ),
-    "huge number as completed": ("POST", "/api/tasks", {"json": {"title": "ok", "completed": 10**30}}, 422),
     "deeply nested JSON": ("POST", "/api/tasks", {"content": b"[" * 20_000 + b"]" * 20_000, "headers": JSON}, 400),
     "SQL in a task id": ("GET", "/api/tasks/1;DROP TABLE tasks", {}, 422),
     "SQL in a sort": ("GET", "/api/tasks?sort=title;DROP TABLE tasks", {}, 422),
@@ -111,6 +93,7 @@ async def test_hostile_rest_input_is_a_clear_4xx_and_stores_nothing(
 SQL_TEXT = "Robert'); DROP TABLE tasks;-- \\ \" %_ ' OR 1=1 --"
 
 
+@pytest.mark.every_database  # stored data: each database's text handling
 async def test_sql_metacharacters_are_stored_and_searched_literally(
     client: httpx.AsyncClient, connection: AsyncConnection
 ) -> None:
@@ -132,7 +115,6 @@ async def test_sql_metacharacters_are_stored_and_searched_literally(
 
 # --- GraphQL ------------------------------------------------------------------------------------
 
-CREATE = "mutation($title: String!) { createTask(input: {title: $title}) { id } }"
 GET_TASK = "query($id: Int!) { task(id: $id) { id } }"
 
 
@@ -143,16 +125,20 @@ def nested(depth: int) -> str:
     return f"{{ me {{ {query} }} }}"
 
 
-GRAPHQL_REJECTIONS: dict[str, dict[str, Any]] = {
-    "too deep": {"query": nested(4)},
-    "too many aliases": {"query": "{ " + " ".join(f"a{n}: me {{ id }}" for n in range(31)) + " }"},
-    "too many tokens": {"query": "{ me { " + "id " * 2100 + "} }"},
-    "syntax error": {"query": "{ me { id "},
-    "huge integer variable": {"query": GET_TASK, "variables": {"id": 2**40}},
-    "huge integer literal": {"query": "{ task(id: " + HUGE + ") { id } }"},
-    "huge integer in a mutation": {"query": "mutation { deleteTask(id: " + HUGE + ") }"},
-    "string where an integer goes": {"query": GET_TASK, "variables": {"id": "1; DROP TABLE tasks"}},
-    "unknown field": {"query": "{ me { password } }"},
+# name: (request body, a fragment of the error message)
+GRAPHQL_REJECTIONS: dict[str, tuple[dict[str, Any], str]] = {
+    "too deep": ({"query": nested(4)}, "exceeds maximum operation depth of 10"),
+    "too many aliases": ({"query": "{ " + " ".join(f"a{n}: me {{ id }}" for n in range(31)) + " }"}, "31 aliases"),
+    "too many tokens": ({"query": "{ me { " + "id " * 2100 + "} }"}, "more than 2000 tokens"),
+    "syntax error": ({"query": "{ me { id "}, "Syntax Error"),
+    "huge integer variable": ({"query": GET_TASK, "variables": {"id": 2**40}}, "non 32-bit signed integer"),
+    "huge integer literal": ({"query": "{ task(id: " + HUGE + ") { id } }"}, "non 32-bit signed integer"),
+    "huge integer in a mutation": ({"query": "mutation { deleteTask(id: " + HUGE + ") }"}, "non 32-bit"),
+    "string where an integer goes": (
+        {"query": GET_TASK, "variables": {"id": "1; DROP TABLE tasks"}},
+        "Int cannot represent non-integer value",
+    ),
+    "unknown field": ({"query": "{ me { password } }"}, "Cannot query field 'password'"),
 }
 
 
@@ -160,8 +146,10 @@ GRAPHQL_REJECTIONS: dict[str, dict[str, Any]] = {
 async def test_hostile_graphql_documents_are_400_and_store_nothing(
     client: httpx.AsyncClient, connection: AsyncConnection, case: str
 ) -> None:
-    response = await client.post("/graphql", json=GRAPHQL_REJECTIONS[case], headers=ALICE)
+    document, fragment = GRAPHQL_REJECTIONS[case]
+    response = await client.post("/graphql", json=document, headers=ALICE)
     assert_clear_error(response, 400)
+    assert fragment in response.json()["detail"]
     assert response.json()["data"] is None
     assert {error["extensions"]["code"] for error in response.json()["errors"]} == {"BAD_USER_INPUT"}
     assert await stored_tasks(connection) == 0
@@ -185,39 +173,15 @@ async def test_malformed_graphql_requests_are_400(client: httpx.AsyncClient, cas
     headers = {**ALICE, **keywords.pop("headers", {})}
     response = await client.post("/graphql", headers=headers, **keywords)
     assert_clear_error(response, 400)
+    assert response.json()["error"] == "BAD_REQUEST"
 
 
 async def test_mutations_over_get_are_refused(client: httpx.AsyncClient, connection: AsyncConnection) -> None:
     query = 'mutation { createTask(input: {title: "via GET"}) { id } }'
     response = await client.get("/graphql", params={"query": query}, headers=ALICE)
     assert_clear_error(response, 400)
+    assert response.json()["detail"] == "mutations are not allowed when using GET"
     assert await stored_tasks(connection) == 0
-
-
-@pytest.mark.parametrize("title", ["a\x00b", "\ud800", " ", "x" * 201])
-async def test_hostile_strings_in_graphql_variables_are_bad_user_input(
-    client: httpx.AsyncClient, connection: AsyncConnection, title: str
-) -> None:
-    # Field errors follow GraphQL's convention (HTTP 200 with errors), with REST's validation rules.
-    body = json.dumps({"query": CREATE, "variables": {"title": title}}).encode()  # escapes lone surrogates
-    response = await client.post("/graphql", content=body, headers={**ALICE, **JSON})
-    assert response.status_code == 200, response.text
-    assert response.json()["data"] is None
-    assert response.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
-    assert await stored_tasks(connection) == 0
-
-
-@pytest.mark.parametrize("settings_overrides", [{"graphql_introspection": False}])
-@pytest.mark.parametrize("query", ["{ __schema { types { name } } }", '{ __type(name: "Task") { name } }'])
-async def test_introspection_can_be_switched_off(client: httpx.AsyncClient, query: str) -> None:
-    response = await client.post("/graphql", json={"query": query}, headers=ALICE)
-    assert_clear_error(response, 400)
-    assert "introspection" in response.json()["detail"]
-    # Without a token only introspection may run, and it is off: the request is not authenticated.
-    assert_clear_error(await client.post("/graphql", json={"query": query}), 401)
-    graphiql = await client.get("/graphql", headers={"Accept": "text/html"})
-    assert graphiql.status_code == 404
-    assert (await client.post("/graphql", json={"query": "{ me { id } }"}, headers=ALICE)).status_code == 200
 
 
 # --- Headers on every kind of response ----------------------------------------------------------
@@ -294,6 +258,7 @@ async def test_token_header_text_is_escaped_in_www_authenticate(
 ODD_USER_IDS = ["J\u00fcrgen M\u00fcller", "\u7528\u6237-\u4e00", "100%?#x", "emoji\U0001f600 x", "a+b&c=d"]
 
 
+@pytest.mark.every_database  # stored data: each database's text handling
 @pytest.mark.parametrize("user_id", ODD_USER_IDS)
 async def test_odd_user_ids_get_encoded_location_and_link_and_one_task_per_create(
     client: httpx.AsyncClient, connection: AsyncConnection, user_id: str
@@ -350,6 +315,7 @@ async def test_a_configured_public_url_makes_absolute_links(client: httpx.AsyncC
 # --- Provisioning: nobody can keep another account from its first request -------------------------
 
 
+@pytest.mark.every_database  # each database's locking on a race of first requests
 async def test_no_claim_of_one_account_blocks_another_first_request(database_url: str) -> None:
     """Attackers claim the victim's e-mail and placeholder address, first and then concurrently."""
     victim_id = f"victim-{uuid.uuid4().hex[:8]}"

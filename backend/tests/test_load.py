@@ -18,8 +18,8 @@ import pytest
 
 from backend.db import create_engine
 from backend.tests.conftest import make_settings
+from backend.tests.external_servers import PostgresCluster, postgres_cluster, record_figure, uvicorn_server
 from backend.tests.factories import TEST_SECRET, auth_headers
-from backend.tests.services_fixtures import PostgresCluster, postgres_cluster, record_figure, uvicorn_server
 from backend.tests.workload import RoundTrip, run_round_trip, stored_tasks
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,8 @@ USERS = 1000
 WORKERS = 2
 # Per worker: up to 100 connections (the cluster allows 250). Each worker holds ~500 requests at
 # once on a shared 2-core machine, so a request may wait long for a connection: the pool timeout
-# is raised from 10 s to 120 s so that a slow machine shows as a long run, not as 503s.
+# and the request's database budget are raised from 10 s to 120 s so that a slow machine shows as
+# a long run, not as 503s.
 POOL_SIZE, MAX_OVERFLOW, POOL_TIMEOUT = 60, 40, 120
 OPEN_FILES = 8192  # 1000 client sockets here, 1000 server sockets in the workers
 
@@ -49,7 +50,7 @@ def enough_open_files() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-async def database_url(cluster: PostgresCluster) -> str:
+async def load_database_url(cluster: PostgresCluster) -> str:
     admin = await asyncpg.connect(cluster.url().replace("+asyncpg", ""))
     try:
         await admin.execute('CREATE DATABASE "todo_load"')
@@ -59,14 +60,15 @@ async def database_url(cluster: PostgresCluster) -> str:
 
 
 @pytest.fixture(scope="module")
-def base_url(database_url: str, enough_open_files: None) -> Iterator[str]:
+def base_url(load_database_url: str, enough_open_files: None) -> Iterator[str]:
     env = {
         "APP_ENV": "test",
         "BETTER_AUTH_SECRET": TEST_SECRET,
-        "DATABASE_URL": database_url,
+        "DATABASE_URL": load_database_url,
         "DB_POOL_SIZE": str(POOL_SIZE),
         "DB_MAX_OVERFLOW": str(MAX_OVERFLOW),
         "DB_POOL_TIMEOUT": str(POOL_TIMEOUT),
+        "DB_REQUEST_TIMEOUT": str(POOL_TIMEOUT),
         "REDIS_URL": "",
     }
     with uvicorn_server(env, workers=WORKERS) as url:
@@ -82,7 +84,7 @@ async def one_user(base_url: str, number: int, start: asyncio.Event, tls: ssl.SS
         return await run_round_trip(client, user_id, auth_headers(user_id))
 
 
-async def test_a_thousand_users_at_once(base_url: str, database_url: str) -> None:
+async def test_a_thousand_users_at_once(base_url: str, load_database_url: str) -> None:
     start = asyncio.Event()
     tls = ssl.create_default_context()
     users = [asyncio.create_task(one_user(base_url, number, start, tls)) for number in range(USERS)]
@@ -94,7 +96,7 @@ async def test_a_thousand_users_at_once(base_url: str, database_url: str) -> Non
 
     problems = [f"{trip.user_id}: {problem}" for trip in trips for problem in trip.problems]
     assert problems == [], f"{len(problems)} problems, first: {problems[:5]}"
-    engine = create_engine(make_settings(database_url))
+    engine = create_engine(make_settings(load_database_url))
     try:
         stored = await stored_tasks(engine, [trip.user_id for trip in trips])
     finally:

@@ -33,6 +33,8 @@ from backend.migrations.new_revision import next_revision_id
 from backend.models import User, tasks_table
 from backend.tests.conftest import ADMIN_DATABASE_URL, create_scratch_database, drop_scratch_database, make_settings
 
+pytestmark = pytest.mark.every_database
+
 FIXTURES = Path(__file__).parent / "fixtures"
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 RELEASE = "dc7c42f"

@@ -23,8 +23,10 @@ from backend.main import create_app
 from backend.metrics import METHOD_LABELS, instrument_pool
 from backend.observability import CONTINUATION_PREFIX, configure_logging
 from backend.tests.conftest import make_settings
+from backend.tests.external_servers import serving
 from backend.tests.factories import auth_headers
-from backend.tests.services_fixtures import serving
+
+pytestmark = pytest.mark.single_database
 
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -188,10 +190,24 @@ def raise_with(message: str) -> None:
     raise ValueError(message)
 
 
+@contextmanager
+def forgery_logger() -> Iterator[logging.Logger]:
+    """A logger writing to the app's handler alone: pytest's capture would carry a lone surrogate
+    into its test report, which pytest-xdist cannot send between processes."""
+    handler = next(h for h in logging.getLogger().handlers if type(h).__name__ == "_AppLogHandler")
+    logger = logging.getLogger("backend.tests.forgery")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield logger
+    finally:
+        logger.propagate = True
+        logger.removeHandler(handler)
+
+
 @pytest.mark.parametrize("breaker", ODD_CHARACTERS)
 def test_text_log_records_stay_on_their_lines(breaker: str) -> None:
-    logger = logging.getLogger("backend.tests.forgery")
-    with app_log_stream("text") as stream:
+    with app_log_stream("text") as stream, forgery_logger() as logger:
         logger.warning("user=%s done", f"mallory{breaker}{FORGED}")
         try:
             raise_with(f"bad id {breaker}{FORGED}")
@@ -211,10 +227,8 @@ def test_text_log_records_stay_on_their_lines(breaker: str) -> None:
 
 @pytest.mark.parametrize("breaker", ODD_CHARACTERS)
 def test_json_log_records_stay_on_their_lines(breaker: str) -> None:
-    with app_log_stream("json") as stream:
-        logging.getLogger("backend.tests.forgery").warning(
-            "user=%s", f"mallory{breaker}{FORGED_JSON}", extra={"user_id": f"mallory{breaker}"}
-        )
+    with app_log_stream("json") as stream, forgery_logger() as logger:
+        logger.warning("user=%s", f"mallory{breaker}{FORGED_JSON}", extra={"user_id": f"mallory{breaker}"})
     (line,) = stream.getvalue().splitlines()
     record = json.loads(line)
     visible = breaker.encode("utf-8", "backslashreplace").decode()  # a lone surrogate cannot be UTF-8

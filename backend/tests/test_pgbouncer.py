@@ -32,10 +32,12 @@ from backend.tests.conftest import (
     drop_scratch_database,
     make_settings,
 )
+from backend.tests.external_servers import pgbouncer, serving
 from backend.tests.factories import auth_headers
 from backend.tests.live_server import live_server
-from backend.tests.services_fixtures import pgbouncer, serving
 from backend.tests.workload import run_round_trip
+
+pytestmark = pytest.mark.slow
 
 CLIENTS = 60
 SERVER_POOL = 2

@@ -25,8 +25,8 @@ from backend.errors import RateLimited
 from backend.main import create_app
 from backend.rate_limit import enforce_rate_limit
 from backend.tests.conftest import make_settings
+from backend.tests.external_servers import RedisServer, asgi_client, record_figure, redis_server, serving
 from backend.tests.factories import auth_headers
-from backend.tests.services_fixtures import RedisServer, asgi_client, record_figure, redis_server, serving
 
 # Framework pages that carry no data; everything else must draw on the caller's budget.
 # Documentation, the explorers' static files and probes: no data, no token, cheap.

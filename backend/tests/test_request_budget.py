@@ -14,8 +14,10 @@ from backend.db import Datastore
 from backend.errors import ServiceUnavailable
 from backend.main import create_app
 from backend.tests.conftest import make_settings
+from backend.tests.external_servers import serving
 from backend.tests.factories import auth_headers
-from backend.tests.services_fixtures import serving
+
+pytestmark = pytest.mark.every_database
 
 BUDGET_SECONDS = 0.3
 # Each runs for seconds: PostgreSQL sleeps; SQLite counts in its own thread, where cancelling the

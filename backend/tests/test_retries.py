@@ -21,8 +21,8 @@ from backend.db import create_engine
 from backend.main import create_app
 from backend.models import tasks_table
 from backend.tests.conftest import create_scratch_database, drop_scratch_database, make_settings, through_pgbouncer
+from backend.tests.external_servers import serving
 from backend.tests.factories import auth_headers
-from backend.tests.services_fixtures import serving
 
 KINDS = ["postgresql", "sqlite", "pgbouncer"]
 MAX_BODY = 64 * 1024

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from backend.tests.external_servers import free_port, uvicorn_server
 from backend.tests.factories import TEST_SECRET, auth_headers
 from backend.tests.live_server import live_server
-from backend.tests.services_fixtures import free_port, uvicorn_server
 
 pytestmark = pytest.mark.slow
 
@@ -38,13 +38,14 @@ def base_url(tmp_path_factory: pytest.TempPathFactory, log: Path) -> Iterator[st
 
 
 def raw_request(base_url: str, request: bytes) -> bytes:
+    """The response's status line and headers (not waiting for a kept-alive connection to close)."""
     host, port = base_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as connection:
         connection.sendall(request)
-        chunks = []
-        while chunk := connection.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
+        received = b""
+        while b"\r\n\r\n" not in received and (chunk := connection.recv(65536)):
+            received += chunk
+    return received
 
 
 def status_of(raw_response: bytes) -> int:

@@ -6,19 +6,21 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import delete, text
+from sqlalchemy import delete, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend.db import Database, Datastore
 from backend.errors import Conflict, Forbidden, InvalidInput, NotFound, PreconditionFailed, QuotaExceeded
 from backend.models import IdempotencyState, idempotency_table, tasks_table
-from backend.principal import Principal
+from backend.principal import PLACEHOLDER_EMAIL_DOMAIN, Principal, is_reserved_email
 from backend.schemas import TaskCreate, TaskListQuery, TaskUpdate, VersionCheck
 from backend.services import tasks as task_service
 from backend.services import users as user_service
 from backend.services.idempotency import request_hash
 from backend.services.users import users_table
 from backend.tests.factories import create_task, principal
+
+pytestmark = pytest.mark.every_database
 
 ALICE = principal("alice")
 QUOTA = 10_000
@@ -94,16 +96,31 @@ async def test_create_sets_server_fields_and_defaults(db: Database) -> None:
     assert await task_service.get_task(db, ALICE, task_id=task.id) == task
 
 
-async def test_create_provisions_the_user_row_once(db: Database) -> None:
-    first = await create_task(db, principal("carol", email="carol@example.com"))
-    second = await create_task(db, principal("carol", email="carol@example.com"))
+async def user_rows(connection: AsyncConnection, *user_ids: str) -> list[dict[str, object]]:
+    statement = select(users_table).where(users_table.c.id.in_(user_ids)).order_by(users_table.c.id)
+    return [dict(row) for row in (await connection.execute(statement)).mappings()]
+
+
+async def test_create_provisions_the_user_row_once(db: Database, connection: AsyncConnection) -> None:
+    carol = principal("carol", email="carol@example.com")
+    first = await create_task(db, carol)
+    [row] = await user_rows(connection, "carol")
+    second = await create_task(db, principal("carol", email="carol@new.example", name="Renamed"))
     assert first.user_id == second.user_id == "carol"
+    assert await user_rows(connection, "carol") == [row]  # still one row, as the first create wrote it
+    assert (row["email"], row["name"]) == ("carol@example.com", "Carol")
 
 
-async def test_create_with_a_taken_email_uses_a_placeholder(db: Database) -> None:
+async def test_create_with_a_taken_email_uses_a_placeholder(db: Database, connection: AsyncConnection) -> None:
     await create_task(db, principal("dave", email="shared@example.com"))
+    [dave] = await user_rows(connection, "dave")
     task = await create_task(db, principal("erin", email="shared@example.com"))
     assert task.user_id == "erin"
+    [erin] = await user_rows(connection, "erin")
+    assert str(erin["email"]).endswith(f"@{PLACEHOLDER_EMAIL_DOMAIN}")
+    assert is_reserved_email(str(erin["email"]))
+    assert await user_rows(connection, "dave") == [dave]
+    assert dave["email"] == "shared@example.com"
 
 
 async def test_update_changes_fields_and_moves_updated_at(db: Database) -> None:

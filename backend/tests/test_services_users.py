@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend.db import Database, Datastore
@@ -13,6 +13,8 @@ from backend.principal import PLACEHOLDER_EMAIL_DOMAIN, Principal, is_reserved_e
 from backend.services import users as user_service
 from backend.services.users import users_table
 from backend.tokens import principal_from_claims
+
+pytestmark = pytest.mark.every_database
 
 BETTER_AUTH_ROW: dict[str, Any] = {
     "id": "B" * 32,
@@ -91,7 +93,11 @@ async def test_concurrent_first_requests_create_one_row(datastore: Datastore) ->
     try:
         await asyncio.gather(*(first_request() for _ in range(5)))
         async with datastore.for_request().reading() as connection:
-            assert await user_row(connection, newcomer.user_id) is not None
+            statement = select(func.count()).select_from(users_table).where(users_table.c.id == newcomer.user_id)
+            assert await connection.scalar(statement) == 1
+            row = await user_row(connection, newcomer.user_id)
+        assert row is not None
+        assert row["email"] == "newcomer@example.com"
     finally:
         async with datastore.for_request().writing() as connection:
             await connection.execute(delete(users_table).where(users_table.c.id == newcomer.user_id))

@@ -1,4 +1,4 @@
-"""Real services for the reliability tests: throwaway PostgreSQL clusters, Redis, PgBouncer and uvicorn.
+"""External servers the tests start: throwaway PostgreSQL clusters, Redis, PgBouncer and uvicorn.
 
 Each one runs on a spare loopback port in a temporary directory of its own and is removed
 afterwards, so two test runs on one machine never meet. PostgreSQL and PgBouncer refuse to run
@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -51,7 +52,18 @@ def wait_for_port(port: int, timeout: float = START_TIMEOUT_SECONDS) -> None:
 
 
 def as_service_user(*command: str) -> list[str]:
+    """A command that runs to its end as the service user (runuser: its environment is the user's)."""
     return ["runuser", "-u", SERVICE_USER, "--", *command] if os.geteuid() == 0 else list(command)
+
+
+def service_user_process(command: list[str], **popen: Any) -> "subprocess.Popen[bytes]":
+    """A long-running server started as the service user itself, so that terminate() reaches it.
+
+    Under runuser a SIGTERM is passed on only to be followed by a 2 s wait and a SIGKILL.
+    """
+    if os.geteuid() == 0:
+        popen.update(user=SERVICE_USER, group=SERVICE_USER, extra_groups=[])
+    return subprocess.Popen(command, **popen)
 
 
 @contextmanager
@@ -190,9 +202,7 @@ def pgbouncer(server_host: str, server_port: int, **config: str) -> Iterator[int
             + [f"{name} = {value}" for name, value in settings.items()]
         )
         (directory / "pgbouncer.ini").write_text(ini + "\n")
-        process = subprocess.Popen(
-            as_service_user("pgbouncer", "-q", str(directory / "pgbouncer.ini")), stderr=subprocess.DEVNULL
-        )
+        process = service_user_process(["pgbouncer", "-q", str(directory / "pgbouncer.ini")], stderr=subprocess.DEVNULL)
         try:
             wait_for_port(port)
             yield port
