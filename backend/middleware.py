@@ -7,7 +7,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.errors import DomainError, PayloadTooLarge
-from backend.http_errors import domain_error_response
+from backend.http_errors import domain_error_response, is_graphql_path
 
 SECURITY_HEADERS = (
     (b"x-content-type-options", b"nosniff"),
@@ -36,7 +36,8 @@ class HttpHardeningMiddleware:
             return
         refusal = _refusal(scope, self.max_body_bytes)
         if refusal is not None:
-            await domain_error_response(refusal)(scope, receive, _with_security_headers(send))
+            response = domain_error_response(refusal, graphql=is_graphql_path(scope["path"]))
+            await response(scope, receive, _with_security_headers(send))
             return
         await self.app(scope, _limited(receive, self.max_body_bytes), _with_security_headers(send))
 

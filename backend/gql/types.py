@@ -8,7 +8,8 @@ import strawberry
 from pydantic import BaseModel, ValidationError
 
 from backend import models, schemas
-from backend.errors import InvalidInput, readable_validation_errors
+from backend.errors import FieldPath, InvalidInput, invalid_input
+from backend.schemas import INT32_MAX, VersionCheck
 from backend.services.tasks import TaskPage
 
 if TYPE_CHECKING:
@@ -66,16 +67,44 @@ def _parse_datetime(value: object) -> datetime:
 
 DateTime = strawberry.scalar(
     name="DateTime",
-    description="An ISO-8601 date-time, returned in UTC (`2026-01-31T09:30:00Z`). "
+    description="An ISO-8601 / RFC 3339 date-time, returned in UTC (`2026-01-31T09:30:00Z`). "
     "Input without an offset is taken as UTC; a date alone means midnight UTC.",
     serialize=_serialize_datetime,
     parse_value=_parse_datetime,
+    specified_by_url="https://datatracker.ietf.org/doc/html/rfc3339",
 )
+
+
+def task_id(value: str, *, at: FieldPath) -> int:
+    """A task's ID as the service's integer: digits, 1-2147483647 (GraphQL sends IDs as strings)."""
+    if value.isascii() and value.isdigit() and len(value) <= 10 and 1 <= int(value) <= INT32_MAX:
+        return int(value)
+    raise InvalidInput(f"{'.'.join(map(str, at))}: not a task id", fields=[(at, f"must be a task id: 1-{INT32_MAX}")])
+
+
+def version_check(expected_version: str | None) -> VersionCheck | None:
+    """`expectedVersion` as the services' precondition; the ETag's quotes may be left out."""
+    if expected_version is None:
+        return None
+    quoted = expected_version if expected_version.startswith('"') else f'"{expected_version}"'
+    return VersionCheck(versions=frozenset({quoted}))
+
+
+T = TypeVar("T")
+
+
+def or_default(value: T | None, default: T) -> T:
+    """Arguments with a default take it when sent null (a chatbot sends null for "not set")."""
+    return default if value is None else value
 
 
 @strawberry.type(name="Task", description="A to-do item. Only its owner can see or change it.")
 class TaskType:
-    id: int = strawberry.field(description="Server-assigned identifier.")
+    id: strawberry.ID = strawberry.field(description="Server-assigned identifier: digits, as a string.")
+    version: str = strawberry.field(
+        description="Changes whenever the task does (REST's ETag): pass it as `expectedVersion` to change "
+        "the task only if nobody else has meanwhile."
+    )
     user_id: str = strawberry.field(description="Id of the owner (the authenticated user).")
     title: str = strawberry.field(description="What to do: 1-200 characters, trimmed.")
     description: str | None = strawberry.field(description="Optional details, at most 1000 characters.")
@@ -96,7 +125,8 @@ class TaskType:
     @classmethod
     def from_model(cls, task: schemas.TaskPublic) -> "TaskType":
         return cls(
-            id=task.id,
+            id=strawberry.ID(str(task.id)),
+            version=task.etag,
             user_id=task.user_id,
             title=task.title,
             description=task.description,
@@ -142,6 +172,11 @@ class CreateTaskInput:
         description="Up to 10 tags of 1-32 characters; duplicates ignoring case are dropped, order kept.",
     )
     due_date: datetime | None = strawberry.field(default=None, description="When the task is due (UTC if no offset).")
+    idempotency_key: str | None = strawberry.field(
+        default=strawberry.UNSET,
+        description="1-255 characters of your choice: a retry with the same key and input returns the task the "
+        "first request created instead of a second one (as REST's Idempotency-Key; kept 24 h).",
+    )
 
 
 @strawberry.input(
@@ -168,19 +203,20 @@ def provided_fields(graphql_input: object) -> dict[str, Any]:
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
-def validated(model: type[ModelT], data: dict[str, Any]) -> ModelT:
-    """Run the same pydantic rules as REST; a violation is BAD_USER_INPUT with the same message."""
+def validated(model: type[ModelT], data: dict[str, Any], *, at: FieldPath = ()) -> ModelT:
+    """Run the same pydantic rules as REST; a violation is BAD_USER_INPUT with the same message and a
+    field per error, its path starting at `at` (the argument, for an input object)."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise InvalidInput(readable_validation_errors(exc.errors())) from None
+        raise invalid_input(exc.errors(), at=at) from None
 
 
 async def resolve_tasks(
     root: Any,
     info: strawberry.Info["Context", None],
     status: Annotated[
-        schemas.TaskStatus, strawberry.argument(description="Filter by completion.")
+        schemas.TaskStatus | None, strawberry.argument(description="Filter by completion (null: ALL).")
     ] = schemas.TaskStatus.ALL,
     priority: Annotated[models.Priority | None, strawberry.argument(description="Only tasks of this priority.")] = None,
     tag: Annotated[str | None, strawberry.argument(description="Only tasks with this tag, ignoring case.")] = None,
@@ -188,24 +224,47 @@ async def resolve_tasks(
         str | None,
         strawberry.argument(description="Case-insensitive text in title or description; % and _ are literal."),
     ] = None,
-    sort: Annotated[schemas.TaskSort, strawberry.argument(description="Sort key.")] = schemas.TaskSort.CREATED,
-    order: Annotated[schemas.SortOrder, strawberry.argument(description="Sort direction.")] = schemas.SortOrder.DESC,
-    page: Annotated[int, strawberry.argument(description="Page number, from 1.")] = 1,
-    limit: Annotated[int, strawberry.argument(description="Page size, 1-100.")] = 20,
+    due_before: Annotated[
+        datetime | None,
+        strawberry.argument(description="Only tasks due strictly before this instant (a date alone: 00:00 UTC)."),
+    ] = None,
+    due_after: Annotated[
+        datetime | None,
+        strawberry.argument(description="Only tasks due at or after this instant (a date alone: 00:00 UTC)."),
+    ] = None,
+    overdue: Annotated[
+        bool | None,
+        strawberry.argument(description="true: only tasks not completed and due before now; false: all the others."),
+    ] = None,
+    has_due_date: Annotated[
+        bool | None, strawberry.argument(description="true: only tasks with a due date; false: only those without.")
+    ] = None,
+    sort: Annotated[
+        schemas.TaskSort | None, strawberry.argument(description="Sort key (null: CREATED).")
+    ] = schemas.TaskSort.CREATED,
+    order: Annotated[
+        schemas.SortOrder | None, strawberry.argument(description="Sort direction (null: DESC).")
+    ] = schemas.SortOrder.DESC,
+    page: Annotated[int | None, strawberry.argument(description="Page number, from 1 (null: 1).")] = 1,
+    limit: Annotated[int | None, strawberry.argument(description="Page size, 1-100 (null: 20).")] = 20,
 ) -> TaskPageType:
     """Query.tasks and User.tasks: the same arguments, the same loader, the same service call."""
     user_id = root.id if isinstance(root, UserType) else info.context.principal.user_id
     query = validated(
         schemas.TaskListQuery,
         {
-            "status": status,
+            "status": or_default(status, schemas.TaskStatus.ALL),
             "priority": priority,
             "tag": tag,
             "search": search,
-            "sort": sort,
-            "order": order,
-            "page": page,
-            "limit": limit,
+            "due_before": due_before,
+            "due_after": due_after,
+            "overdue": overdue,
+            "has_due_date": has_due_date,
+            "sort": or_default(sort, schemas.TaskSort.CREATED),
+            "order": or_default(order, schemas.SortOrder.DESC),
+            "page": or_default(page, 1),
+            "limit": or_default(limit, 20),
         },
     )
     return TaskPageType.from_model(await info.context.user_tasks.load((user_id, query)))
