@@ -9,6 +9,7 @@ import pytest
 from backend.tests.factories import auth_headers
 
 ALICE = auth_headers("alice")
+ALICE_JSON = {**ALICE, "Content-Type": "application/json"}
 BOB = auth_headers("bob")
 TASK = "id version title completed dueDate"
 
@@ -312,13 +313,9 @@ async def test_rate_limited_carries_retry_after(client: httpx.AsyncClient) -> No
     ("request_keywords", "status"),
     [
         pytest.param({"json": {"query": "{ me { id } }"}, "headers": {}}, 401, id="no token"),
-        pytest.param(
-            {"content": b"{oops", "headers": {**ALICE, "Content-Type": "application/json"}}, 400, id="not JSON"
-        ),
+        pytest.param({"content": b"{oops", "headers": ALICE_JSON}, 400, id="not JSON"),
         pytest.param({"json": [{"query": "{ me { id } }"}], "headers": ALICE}, 400, id="batch"),
-        pytest.param(
-            {"content": b"x" * 70_000, "headers": {**ALICE, "Content-Type": "application/json"}}, 413, id="too large"
-        ),
+        pytest.param({"content": b"x" * 70_000, "headers": ALICE_JSON}, 413, id="too large"),
     ],
 )
 async def test_whole_request_failures_are_graphql_bodies_too(
