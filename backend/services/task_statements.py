@@ -7,6 +7,7 @@ the SQL expression and computing its cache key (docs/architecture.md says what t
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -24,6 +25,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    update,
 )
 
 from backend.models import priority_rank, task_counts_table, tasks_table, utcnow
@@ -205,6 +207,26 @@ DELETE_OWNED_TASK = (
 
 def owned(principal: Principal, task_id: int) -> dict[str, Any]:
     return {"task_id": task_id, "user_id": principal.user_id}
+
+
+# Complete (or un-complete) in one statement: only a row that changes, and only forwards in time, so
+# updated_at moves exactly when the task does and never backwards (else the service's general path).
+# Its parameters are not named after columns: an UPDATE reserves those names for its SET clause.
+SET_COMPLETED = (
+    update(t)
+    .where(
+        t.c.id == bindparam("target_id"),
+        t.c.user_id == bindparam("owner_id"),
+        t.c.completed != bindparam("new_completed"),
+        t.c.updated_at < bindparam("changed_at", type_=t.c.updated_at.type),
+    )
+    .values(completed=bindparam("new_completed"), updated_at=bindparam("changed_at", type_=t.c.updated_at.type))
+    .returning(*TASK_COLUMNS)
+)
+
+
+def completion(principal: Principal, task_id: int, completed: bool, now: datetime) -> dict[str, Any]:
+    return {"target_id": task_id, "owner_id": principal.user_id, "new_completed": completed, "changed_at": now}
 
 
 _OWNED_MANY = (t.c.id.in_(bindparam("task_ids", expanding=True)), t.c.user_id == bindparam("user_id"))

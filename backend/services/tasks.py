@@ -85,10 +85,11 @@ async def create_task(
 ) -> CreatedTask:
     """Insert the task, unless the owner already has `quota` tasks.
 
-    The owner's user row is created just in time, when the insert finds it missing.
+    The owner's user row is created just in time, when the insert finds it missing. Without an
+    idempotency key the insert is one statement (the quota check included), so it needs no transaction.
     """
     try:
-        async with db.writing() as connection:
+        async with db.writing(one_statement=idempotency_key is None) as connection:
             return await _insert_task(connection, principal, data, quota, idempotency_key)
     except IntegrityError as error:
         if not _owner_missing(error):
@@ -136,6 +137,14 @@ async def complete_task(
     db: Database, principal: Principal, *, task_id: int, completed: bool, expected: VersionCheck | None = None
 ) -> TaskPublic:
     """Set `completed`: a retry changes nothing."""
+    if expected is None:
+        # The common case in one statement, no transaction; when it changes no row (not found, already
+        # so, or a clock that stepped back), the general path below decides.
+        parameters = statements.completion(principal, task_id, completed, utcnow())
+        async with db.writing(one_statement=True) as connection:
+            row = (await connection.execute(statements.SET_COMPLETED, parameters)).one_or_none()
+        if row is not None:
+            return statements.to_tasks([row])[0]
     return await _change_task(db, principal, task_id, lambda _current: {"completed": completed}, expected)
 
 
@@ -230,7 +239,7 @@ async def _owned_tasks_for_update(
 async def delete_task(
     db: Database, principal: Principal, *, task_id: int, expected: VersionCheck | None = None
 ) -> None:
-    async with db.writing() as connection:
+    async with db.writing(one_statement=expected is None) as connection:
         if expected is not None:
             await _owned_task_for_update(connection, principal, task_id, expected)
         deleted = await connection.execute(statements.DELETE_OWNED_TASK, statements.owned(principal, task_id))

@@ -150,7 +150,7 @@ class JoinedConnection:
             yield self._connection
 
     @asynccontextmanager
-    async def writing(self) -> AsyncIterator[AsyncConnection]:
+    async def writing(self, *, one_statement: bool = False) -> AsyncIterator[AsyncConnection]:
         async with self._turn, self._connection.begin_nested():
             yield self._connection
 
