@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     graphql_max_tokens: int = Field(default=2000, ge=1)
 
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Requests a worker serves at once; the rest wait in order of arrival (first come, first served).
+    max_concurrent_requests: int = Field(default=32, ge=1, le=10_000)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"

@@ -40,6 +40,7 @@ EXPOSED_HEADERS = [
     "X-Request-ID",
 ]
 ALLOWED_HEADERS = ["Authorization", "Content-Type", "If-Match", "Idempotency-Key", "X-Request-ID"]
+PROBE_PATHS = ("/health", "/ready", "/metrics")  # answered at once, even when requests queue
 IDEMPOTENCY_PURGE_SECONDS = 3600
 IDEMPOTENCY_PURGE_TIMEOUT_SECONDS = 60.0
 OPENAPI_TAGS = [
@@ -121,7 +122,12 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
 
     # Outermost last: observability -> proxy headers -> CORS -> hardening (UTF-8 target, body limit,
     # security headers) -> routes.
-    app.add_middleware(HttpHardeningMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        HttpHardeningMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        max_concurrent=settings.max_concurrent_requests,
+        unqueued_paths=PROBE_PATHS,
+    )
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
