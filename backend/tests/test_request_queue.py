@@ -2,6 +2,7 @@
 arrival with their bodies read; probes never wait."""
 
 import asyncio
+from collections.abc import MutableMapping
 from typing import Any
 
 import httpx
@@ -49,7 +50,7 @@ async def test_a_slow_body_holds_no_turn(tmp_path: Any) -> None:
     app: FastAPI = create_app(make_settings(f"sqlite+aiosqlite:///{tmp_path}/slow.db", max_concurrent_requests=1))
     async with serving(app) as client:
         body_sent = asyncio.Event()
-        sent: list[dict[str, Any]] = []
+        sent: list[MutableMapping[str, Any]] = []
 
         async def trickling_receive() -> dict[str, Any]:
             if not body_sent.is_set():
@@ -58,7 +59,7 @@ async def test_a_slow_body_holds_no_turn(tmp_path: Any) -> None:
             await asyncio.sleep(3600)  # the rest of the body never comes
             return {"type": "http.disconnect"}
 
-        async def record(message: dict[str, Any]) -> None:
+        async def record(message: MutableMapping[str, Any]) -> None:
             sent.append(message)
 
         scope = {
