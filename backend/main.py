@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.ext.asyncio import AsyncEngine
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from backend.auth import check_authenticated_routes
+from backend.auth import check_authenticated_routes, document_bearer_scheme
 from backend.config import Settings, get_settings
 from backend.db import Datastore, create_engine, migrate_database
 from backend.explorers import mount_explorers
@@ -119,6 +119,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
         app.include_router(create_metrics_router(settings))
     mount_explorers(app, swagger_ui=settings.api_docs_enabled, graphiql=settings.graphiql_enabled)
     check_authenticated_routes(app)
+    document_bearer_scheme(app)
 
     # Outermost last: observability -> proxy headers -> CORS -> hardening (UTF-8 target, body limit,
     # security headers) -> routes.
