@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
 from sqlalchemy import Table, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
@@ -126,6 +127,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_timeout=settings.db_pool_timeout,
         pool_recycle=settings.db_pool_recycle,
         connect_args=_postgres_connect_args(settings, pgbouncer=pgbouncer),
+        json_deserializer=orjson.loads,  # the tags of every row read: several times faster than json.loads
         # Behind PgBouncer's transaction pooling, a statement outside a transaction may be
         # prepared on one server connection and executed on another: reads keep their BEGIN there.
         execution_options={AUTOCOMMIT_READS: not pgbouncer},
