@@ -114,8 +114,8 @@ class NotPlannable(Exception):
 
 # Completes a field's value as graphql-core's complete_value does: (run, value, path of the field).
 Completer = Callable[["Run", Any, Path | None], Any]
-# A leaf read from the row: response key, projection, its type's coerce_output_value, non-null.
-Leaf = tuple[str, Callable[[Any], Any], Callable[[Any], Any], bool]
+# A leaf (or a list of leaves) read from the row: response key, projection, regular completion.
+Leaf = tuple[str, Callable[[Any], Any], Callable[[Any], Any]]
 
 
 class FieldPlan:
@@ -162,8 +162,9 @@ class FieldPlan:
         nullable_type = get_nullable_type(self.return_type)
         self.needs_path = not is_leaf_type(nullable_type)
         self.leaf: Leaf | None = None
-        if project is not None and is_leaf_type(nullable_type):
-            self.leaf = (key, project, nullable_type.coerce_output_value, is_non_null_type(self.return_type))
+        regular = _regular_completion(self.return_type)
+        if project is not None and regular is not None:
+            self.leaf = (key, project, regular)
         self.complete: Completer = _not_planned  # the planner sets it once the field exists
 
 
@@ -631,30 +632,58 @@ def execute_fields(run: Run, selection: SelectionPlan, source: Any, path: Path |
     return _gather_fields(results, awaitable_keys)
 
 
+class _Irregular(Exception):
+    """A value the general path must complete (it reports it as graphql-core does)."""
+
+
+def _regular_completion(type_: GraphQLOutputType) -> Callable[[Any], Any] | None:
+    """For a leaf or a list of leaves: its completion when the value is regular (present where required,
+    serializable), raising _Irregular otherwise; None for other types."""
+    non_null = is_non_null_type(type_)
+    nullable_type = get_nullable_type(type_)
+    if is_leaf_type(nullable_type):
+        coerce = nullable_type.coerce_output_value
+
+        def complete_leaf(value: Any) -> Any:
+            if value is None:
+                if non_null:
+                    raise _Irregular
+                return None
+            if isinstance(value, Exception):
+                raise _Irregular
+            coerced = coerce(value)
+            if coerced is None or coerced is Undefined:
+                raise _Irregular
+            return coerced
+
+        return complete_leaf
+    if is_list_type(nullable_type) and is_leaf_type(get_nullable_type(nullable_type.of_type)):
+        complete_item = _regular_completion(nullable_type.of_type)
+        assert complete_item is not None
+
+        def complete_list(value: Any) -> Any:
+            if value is None:
+                if non_null:
+                    raise _Irregular
+                return None
+            if isinstance(value, Exception) or not is_iterable(value):
+                raise _Irregular
+            return [complete_item(item) for item in value]
+
+        return complete_list
+    return None
+
+
 def _project_leaves(leaves: tuple[Leaf, ...], source: Any) -> dict[str, Any] | None:
-    """The leaves of a row in one loop, when every value is regular (present where required, serializable).
+    """The leaves of a row in one loop, when every value is regular.
 
     Anything else returns None, and the general path, which completes and reports each field as
     graphql-core does, runs instead: projections are pure, so reading them twice changes nothing.
     """
-    result: dict[str, Any] = {}
     try:
-        for key, project, coerce, non_null in leaves:
-            value = project(source)
-            if value is None:
-                if non_null:
-                    return None
-                result[key] = None
-                continue
-            if isinstance(value, Exception):
-                return None
-            coerced = coerce(value)
-            if coerced is None or coerced is Undefined:
-                return None
-            result[key] = coerced
+        return {key: complete(project(source)) for key, project, complete in leaves}
     except Exception:
         return None
-    return result
 
 
 def _execute_field(run: Run, field: FieldPlan, source: Any, path: Path | None, type_name: str) -> Any:
