@@ -4,7 +4,7 @@ graphql-core alone.
 A pytest plugin (conftest.py lists it in `pytest_plugins`). Mark a module (`pytestmark =
 pytest.mark.graphql_modes`) or a test, and each of its tests runs twice, `[compiled]` and
 `[graphql-core]`, on the `app` fixture with its settings switched before the test's first request.
-Unmarked tests are left alone.
+Unmarked tests, and marked ones that do not use the app, are left alone.
 """
 
 from typing import Any
@@ -19,7 +19,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if metafunc.definition.get_closest_marker("graphql_modes") is not None:
+    marked = metafunc.definition.get_closest_marker("graphql_modes") is not None
+    if marked and "app" in metafunc.fixturenames:  # a test without the app (schema checks) runs once
         metafunc.parametrize("graphql_mode", MODES, indirect=True)
 
 
