@@ -76,7 +76,10 @@ if TYPE_CHECKING:
 
 MAX_PLANS: Final = 256  # operations kept (an LRU); documents are already bounded by the limits
 MAX_VARIANTS: Final = 16  # per operation: sets of @skip/@include outcomes kept
-MAX_PLANNED_FIELDS: Final = 2_000  # a larger plan (fragments spread many times) is left to graphql-core
+MAX_PLANNED_FIELDS: Final = 1_000  # a larger plan (fragments spread many times) is left to graphql-core
+# All plans together: a planned field takes about 1.7 kB, so the cache stays under some 35 MB whatever
+# the documents (common operations plan tens of fields: the LRU's length is what limits them).
+MAX_CACHED_FIELDS: Final = 20_000
 MAX_VARIABLE_ERRORS: Final = 50  # graphql-core's default, which Strawberry keeps
 INTROSPECTION_ROOTS: Final = frozenset({"__schema", "__type"})
 CONDITIONS: Final = frozenset({"skip", "include"})
@@ -203,7 +206,9 @@ class OperationPlan:
         root_type = schema.get_root_type(operation.operation)
         assert root_type is not None  # validation refuses an operation the schema has no root for
         self.root_type = root_type
-        self._variants: dict[tuple[bool, ...], SelectionPlan | None] = {}
+        # Per set of @skip/@include outcomes: the plan (None: not plannable) and how many fields it has.
+        self._variants: dict[tuple[bool, ...], tuple[SelectionPlan | None, int]] = {}
+        self.planned_fields = 0  # of all variants kept
 
     def root_selection(self, variables: VariableValues) -> SelectionPlan | None:
         """The plan for these variables' @skip/@include outcomes; None: let graphql-core run it."""
@@ -212,16 +217,18 @@ class OperationPlan:
             outcome = tuple(should_include_node(context, node, variables) for node in self.conditions)
         except GraphQLError:  # a condition graphql-core refuses: it reports that itself
             return None
-        if outcome in self._variants:
-            return self._variants[outcome]
-        try:
-            selection: SelectionPlan | None = _Builder(self, variables).root()
-        except (NotPlannable, RecursionError):
-            selection = None
-        if len(self._variants) >= MAX_VARIANTS:
-            del self._variants[next(iter(self._variants))]
-        self._variants[outcome] = selection
-        return selection
+        variant = self._variants.get(outcome)
+        if variant is None:
+            builder = _Builder(self, variables)
+            try:
+                variant = (builder.root(), builder.planned)
+            except (NotPlannable, RecursionError):
+                variant = (None, 0)
+            if len(self._variants) >= MAX_VARIANTS:
+                self.planned_fields -= self._variants.pop(next(iter(self._variants)))[1]
+            self._variants[outcome] = variant
+            self.planned_fields += variant[1]
+        return variant[0]
 
     def _collect_context(self, variables: VariableValues) -> CollectFieldsContext:
         return CollectFieldsContext(
@@ -763,9 +770,12 @@ class Planner:
     """Plans of one schema, an LRU of MAX_PLANS operations (a document is keyed by identity: the
     parser's cache hands out the same DocumentNode for the same text)."""
 
-    def __init__(self, *, hide_suggestions: bool, max_plans: int = MAX_PLANS) -> None:
+    def __init__(
+        self, *, hide_suggestions: bool, max_plans: int = MAX_PLANS, max_fields: int = MAX_CACHED_FIELDS
+    ) -> None:
         self.hide_suggestions = hide_suggestions
         self.max_plans = max_plans
+        self.max_fields = max_fields
         self._plans: dict[tuple[int, str | None], tuple[DocumentNode, OperationPlan | None]] = {}
 
     def plan(
@@ -785,6 +795,22 @@ class Planner:
                 del self._plans[next(iter(self._plans))]
         self._plans[key] = cached  # most recently used last
         return cached[1]
+
+    def root_selection(self, plan: OperationPlan, variables: VariableValues) -> SelectionPlan | None:
+        """The plan's selection for these variables, the cache trimmed if it grew."""
+        planned_fields = plan.planned_fields
+        root = plan.root_selection(variables)
+        if plan.planned_fields > planned_fields:
+            self._trim()
+        return root
+
+    def _trim(self) -> None:
+        """Least recently used plans dropped while all of them hold more than max_fields fields (the
+        most recent, the one running, stays)."""
+        total = sum(plan.planned_fields for _, plan in self._plans.values() if plan is not None)
+        while total > self.max_fields and len(self._plans) > 1:
+            _, dropped = self._plans.pop(next(iter(self._plans)))
+            total -= dropped.planned_fields if dropped is not None else 0
 
     async def execute(
         self,
@@ -809,7 +835,7 @@ class Planner:
         )
         if isinstance(variables, list):  # graphql-core reports variables that do not fit, exactly
             return None
-        root = plan.root_selection(variables)
+        root = self.root_selection(plan, variables)
         if root is None:
             return None
         run = Run(context, variables, hide_suggestions=self.hide_suggestions)

@@ -49,6 +49,7 @@ from graphql import (
     print_ast,
     value_from_ast_untyped,
 )
+from graphql.execution.values import VariableValues, get_variable_values
 from graphql.pyutils import Path as ResponsePath
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -696,6 +697,29 @@ def test_plans_are_kept_per_document_and_operation_and_bounded() -> None:
     for document in documents[1:]:
         planner.plan(schema, document, None)
     assert planner.plan(schema, documents[0], None) is not first  # evicted: the LRU keeps 3
+
+
+def no_variables() -> VariableValues:
+    variables = get_variable_values(GRAPHQL_SCHEMA, (), {})
+    assert not isinstance(variables, list)
+    return variables
+
+
+def test_the_plans_kept_hold_a_bounded_number_of_fields() -> None:
+    from backend.gql.schema import schema
+
+    planner = Planner(hide_suggestions=False, max_fields=40)
+    documents = [graphql.parse(f"{{ a{index}: tasks {{ items {{ {TASK} }} }} }}") for index in range(2)]  # 13 each
+    plans = [planner.plan(schema, document, None) for document in documents]
+    for plan in plans:
+        assert plan is not None
+        assert planner.root_selection(plan, no_variables()) is not None
+    assert planner.plan(schema, documents[0], None) is plans[0]  # 26 fields: both kept
+    third = planner.plan(schema, graphql.parse(f"{{ tasks {{ items {{ {TASK} }} }} me {{ id }} }}"), None)
+    assert third is not None
+    planner.root_selection(third, no_variables())  # 41 fields: the oldest goes
+    assert planner.plan(schema, documents[1], None) is not plans[1]
+    assert planner.plan(schema, documents[0], None) is plans[0]
 
 
 @pytest.mark.parametrize(
