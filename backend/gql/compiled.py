@@ -17,9 +17,14 @@ using graphql-core for every decision that could differ:
   order are the same.
 
 What it runs is what Strawberry's resolvers run: the field operations (backend/gql/operations.py),
-the request's DataLoaders, and the projections of the service's rows (backend/gql/types.py). Anything
-else (introspection, unknown directives, abstract types) is "not plannable" and graphql-core runs it
-as before. backend/tests/test_gql_compiled.py checks both against each other.
+the request's DataLoaders, and the projections of the service's rows (backend/gql/types.py).
+
+Left to graphql-core, as before: introspection (__schema, __type); directives other than @skip and
+@include, and any on the operation; subscriptions; experimental fragment arguments; interfaces, unions
+and types with is_type_of; input objects inside lists or other input objects; a field with neither an
+operation nor a projection; an operation over MAX_PLANNED_FIELDS fields; and, per request, variables
+that do not fit and conditions graphql-core refuses (it reports them itself).
+backend/tests/test_gql_compiled.py checks plans against graphql-core on the same requests.
 """
 
 import asyncio
