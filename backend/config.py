@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     graphql_max_depth: int = Field(default=10, ge=1)
     graphql_max_aliases: int = Field(default=30, ge=1)
     graphql_max_tokens: int = Field(default=2000, ge=1)
+    graphql_compiled: bool = True  # compiled plans (backend/gql/compiled.py); false: graphql-core runs everything
 
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     # Requests a worker serves at once; the rest wait in order of arrival (first come, first served).

@@ -1,10 +1,10 @@
-"""Query and Mutation: thin adapters from GraphQL arguments to the shared service functions."""
+"""Query and Mutation: thin Strawberry wrappers around the field operations (backend/gql/operations.py)."""
 
 from typing import Annotated
 
 import strawberry
 
-from backend.errors import InvalidInput, NotFound
+from backend.gql import operations
 from backend.gql.context import Context
 from backend.gql.types import (
     CreateTaskInput,
@@ -14,12 +14,7 @@ from backend.gql.types import (
     UserType,
     provided_fields,
     resolve_tasks,
-    task_id,
-    validated,
-    version_check,
 )
-from backend.schemas import TaskCreate, TaskUpdate
-from backend.services import tasks as task_service
 
 Info = strawberry.Info[Context, None]
 TaskId = Annotated[strawberry.ID, strawberry.argument(description="The task's id (digits; a string or a number).")]
@@ -34,24 +29,18 @@ ExpectedVersion = Annotated[
         "changes. Omit it to write regardless."
     ),
 ]
-IDEMPOTENCY_KEY_MAX = 255
 
 
 @strawberry.type(description="Read your own data. Every field needs a bearer token.")
 class Query:
     @strawberry.field(description="The authenticated user.")
     async def me(self, info: Info) -> UserType:
-        user = await info.context.users.load(info.context.principal.user_id)
-        assert user is not None
-        return UserType.from_model(user)
+        return UserType.from_model(await operations.me(info.context))
 
     @strawberry.field(description="One of your tasks by id; null when it does not exist or is not yours.")
     async def task(self, info: Info, id: TaskId) -> TaskType | None:
-        try:
-            task = await task_service.get_task(info.context.db, info.context.principal, task_id=task_id(id, at=("id",)))
-        except NotFound:
-            return None
-        return TaskType.from_model(task)
+        task = await operations.task(info.context, id=id)
+        return None if task is None else TaskType.from_model(task)
 
     tasks: TaskPageType = strawberry.field(
         resolver=resolve_tasks, description="Your tasks: filtered, sorted and paginated."
@@ -64,24 +53,7 @@ class Mutation:
     async def create_task(
         self, info: Info, input: Annotated[CreateTaskInput, strawberry.argument(description="The new task.")]
     ) -> TaskType:
-        fields = provided_fields(input)
-        idempotency_key = fields.pop("idempotency_key", None)
-        if idempotency_key is not None and not 1 <= len(idempotency_key) <= IDEMPOTENCY_KEY_MAX:
-            message = f"must be 1-{IDEMPOTENCY_KEY_MAX} characters"
-            raise InvalidInput(f"input.idempotencyKey: {message}", fields=[(("input", "idempotencyKey"), message)])
-        data = validated(TaskCreate, fields, at=("input",))
-        context = info.context
-        try:
-            created = await task_service.create_task(
-                context.db,
-                context.principal,
-                data=data,
-                quota=context.settings.task_quota,
-                idempotency_key=idempotency_key,
-            )
-        except InvalidInput as refused:  # the key was first used with other input: the key is the field at fault
-            raise InvalidInput(refused.message, fields=[(("input", "idempotencyKey"), refused.message)]) from None
-        return TaskType.from_model(created.task)
+        return TaskType.from_model(await operations.create_task(info.context, input=provided_fields(input)))
 
     @strawberry.mutation(description="Change any subset of a task's fields. NOT_FOUND if it is not yours.")
     async def update_task(
@@ -91,13 +63,8 @@ class Mutation:
         input: Annotated[UpdateTaskInput, strawberry.argument(description="The fields to change.")],
         expected_version: ExpectedVersion = None,
     ) -> TaskType:
-        data = validated(TaskUpdate, provided_fields(input), at=("input",))
-        task = await task_service.update_task(
-            info.context.db,
-            info.context.principal,
-            task_id=task_id(id, at=("id",)),
-            data=data,
-            expected=version_check(expected_version),
+        task = await operations.update_task(
+            info.context, id=id, input=provided_fields(input), expected_version=expected_version
         )
         return TaskType.from_model(task)
 
@@ -112,34 +79,18 @@ class Mutation:
         completed: Annotated[bool | None, strawberry.argument(description="true (null: true) or false.")] = True,
         expected_version: ExpectedVersion = None,
     ) -> TaskType:
-        task = await task_service.complete_task(
-            info.context.db,
-            info.context.principal,
-            task_id=task_id(id, at=("id",)),
-            completed=completed is not False,
-            expected=version_check(expected_version),
+        task = await operations.complete_task(
+            info.context, id=id, completed=completed, expected_version=expected_version
         )
         return TaskType.from_model(task)
 
     @strawberry.mutation(description="Flip a task between completed and not completed.")
     async def toggle_task(self, info: Info, id: TaskId, expected_version: ExpectedVersion = None) -> TaskType:
-        task = await task_service.toggle_task(
-            info.context.db,
-            info.context.principal,
-            task_id=task_id(id, at=("id",)),
-            expected=version_check(expected_version),
-        )
-        return TaskType.from_model(task)
+        return TaskType.from_model(await operations.toggle_task(info.context, id=id, expected_version=expected_version))
 
     @strawberry.mutation(description="Delete a task. Returns true; NOT_FOUND if it is not yours.")
     async def delete_task(self, info: Info, id: TaskId, expected_version: ExpectedVersion = None) -> bool:
-        await task_service.delete_task(
-            info.context.db,
-            info.context.principal,
-            task_id=task_id(id, at=("id",)),
-            expected=version_check(expected_version),
-        )
-        return True
+        return await operations.delete_task(info.context, id=id, expected_version=expected_version)
 
     @strawberry.mutation(
         description="Mark several tasks completed (or not), all or nothing: NOT_FOUND with the missing ids in "
@@ -151,12 +102,7 @@ class Mutation:
         ids: TaskIds,
         completed: Annotated[bool | None, strawberry.argument(description="true (null: true) or false.")] = True,
     ) -> list[TaskType]:
-        tasks = await task_service.complete_tasks(
-            info.context.db,
-            info.context.principal,
-            task_ids=[task_id(value, at=("ids", index)) for index, value in enumerate(ids)],
-            completed=completed is not False,
-        )
+        tasks = await operations.complete_tasks(info.context, ids=ids, completed=completed)
         return [TaskType.from_model(task) for task in tasks]
 
     @strawberry.mutation(
@@ -164,9 +110,4 @@ class Mutation:
         "when any is not yours. Returns the ids deleted. Each id counts against your rate limit."
     )
     async def delete_tasks(self, info: Info, ids: TaskIds) -> list[strawberry.ID]:
-        deleted = await task_service.delete_tasks(
-            info.context.db,
-            info.context.principal,
-            task_ids=[task_id(value, at=("ids", index)) for index, value in enumerate(ids)],
-        )
-        return [strawberry.ID(str(deleted_id)) for deleted_id in deleted]
+        return [strawberry.ID(deleted) for deleted in await operations.delete_tasks(info.context, ids=ids)]

@@ -23,6 +23,7 @@ from strawberry.types import ExecutionContext, ExecutionResult
 
 from backend.config import Settings, get_settings
 from backend.explorers import graphiql_response
+from backend.gql.compiled import CompiledExecution, Planner
 from backend.gql.context import get_context
 from backend.gql.errors import ErrorPolicy, mask_uncoded
 from backend.gql.extensions import (
@@ -60,6 +61,8 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         functools.partial(Validation, validate_document),
         AuthenticationFirst,
         RequestCost,
+        # After the request rules, so it only runs what they let through; ErrorPolicy renders its errors too.
+        functools.partial(CompiledExecution, Planner(hide_suggestions=hide_suggestions)),
         ErrorPolicy,
         CloseDatabase,
     ]

@@ -1,15 +1,15 @@
 """GraphQL types, inputs and enums, mapped explicitly from the service layer's models."""
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import Enum
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from operator import attrgetter
+from typing import TYPE_CHECKING, Annotated, Any
 
 import strawberry
-from pydantic import BaseModel, ValidationError
 
 from backend import models, schemas
-from backend.errors import FieldPath, InvalidInput, invalid_input
-from backend.schemas import INT32_MAX, VersionCheck
+from backend.gql import operations
 from backend.services.tasks import TaskPage
 
 if TYPE_CHECKING:
@@ -75,27 +75,33 @@ DateTime = strawberry.scalar(
 )
 
 
-def task_id(value: str, *, at: FieldPath) -> int:
-    """A task's ID as the service's integer: digits, 1-2147483647 (GraphQL sends IDs as strings)."""
-    if value.isascii() and value.isdigit() and len(value) <= 10 and 1 <= int(value) <= INT32_MAX:
-        return int(value)
-    raise InvalidInput(f"{'.'.join(map(str, at))}: not a task id", fields=[(at, f"must be a task id: 1-{INT32_MAX}")])
-
-
-def version_check(expected_version: str | None) -> VersionCheck | None:
-    """`expectedVersion` as the services' precondition; the ETag's quotes may be left out."""
-    if expected_version is None:
-        return None
-    quoted = expected_version if expected_version.startswith('"') else f'"{expected_version}"'
-    return VersionCheck(versions=frozenset({quoted}))
-
-
-T = TypeVar("T")
-
-
-def or_default(value: T | None, default: T) -> T:
-    """Arguments with a default take it when sent null (a chatbot sends null for "not set")."""
-    return default if value is None else value
+# How each field reads the domain object, by Python name. `from_model` builds the Strawberry objects with
+# these, and compiled plans (backend/gql/compiled.py) read the service's rows with them: the same values.
+TASK_FIELDS: dict[str, Callable[[schemas.TaskPublic], Any]] = {
+    "id": lambda task: strawberry.ID(str(task.id)),
+    "version": lambda task: task.etag,
+    "user_id": attrgetter("user_id"),
+    "title": attrgetter("title"),
+    "description": attrgetter("description"),
+    "completed": attrgetter("completed"),
+    "priority": attrgetter("priority"),
+    "tags": attrgetter("tags"),
+    "due_date": attrgetter("due_date"),
+    "created_at": attrgetter("created_at"),
+    "updated_at": attrgetter("updated_at"),
+}
+TASK_PAGE_FIELDS: dict[str, Callable[[TaskPage], Any]] = {
+    "items": attrgetter("items"),  # TaskPublic rows: from_model turns them into TaskType
+    "total": attrgetter("total"),
+    "page": attrgetter("page"),
+    "limit": attrgetter("limit"),
+    "has_next": attrgetter("has_next"),
+}
+USER_FIELDS: dict[str, Callable[[schemas.UserPublic], Any]] = {
+    "id": attrgetter("id"),
+    "email": attrgetter("email"),
+    "name": attrgetter("name"),
+}
 
 
 @strawberry.type(name="Task", description="A to-do item. Only its owner can see or change it.")
@@ -117,26 +123,11 @@ class TaskType:
 
     @strawberry.field(description="The task's owner: always the authenticated user.")
     async def owner(self, info: strawberry.Info["Context", None]) -> "UserType":
-        user = await info.context.users.load(self.user_id)
-        if user is None:  # only reachable for the caller's own tasks, so the caller exists
-            raise InvalidInput("Owner not visible")
-        return UserType.from_model(user)
+        return UserType.from_model(await operations.owner(info.context, user_id=self.user_id))
 
     @classmethod
     def from_model(cls, task: schemas.TaskPublic) -> "TaskType":
-        return cls(
-            id=strawberry.ID(str(task.id)),
-            version=task.etag,
-            user_id=task.user_id,
-            title=task.title,
-            description=task.description,
-            completed=task.completed,
-            priority=task.priority,
-            tags=task.tags,
-            due_date=task.due_date,
-            created_at=task.created_at,
-            updated_at=task.updated_at,
-        )
+        return cls(**{name: value(task) for name, value in TASK_FIELDS.items()})
 
 
 @strawberry.type(name="TaskPage", description="One page of a task list, with the total across all pages.")
@@ -149,13 +140,9 @@ class TaskPageType:
 
     @classmethod
     def from_model(cls, page: TaskPage) -> "TaskPageType":
-        return cls(
-            items=[TaskType.from_model(task) for task in page.items],
-            total=page.total,
-            page=page.page,
-            limit=page.limit,
-            has_next=page.has_next,
-        )
+        values = {name: value(page) for name, value in TASK_PAGE_FIELDS.items()}
+        values["items"] = [TaskType.from_model(task) for task in page.items]
+        return cls(**values)
 
 
 @strawberry.input(
@@ -200,18 +187,6 @@ def provided_fields(graphql_input: object) -> dict[str, Any]:
     return {name: value for name, value in vars(graphql_input).items() if value is not strawberry.UNSET}
 
 
-ModelT = TypeVar("ModelT", bound=BaseModel)
-
-
-def validated(model: type[ModelT], data: dict[str, Any], *, at: FieldPath = ()) -> ModelT:
-    """Run the same pydantic rules as REST; a violation is BAD_USER_INPUT with the same message and a
-    field per error, its path starting at `at` (the argument, for an input object)."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise invalid_input(exc.errors(), at=at) from None
-
-
 async def resolve_tasks(
     root: Any,
     info: strawberry.Info["Context", None],
@@ -248,26 +223,24 @@ async def resolve_tasks(
     page: Annotated[int | None, strawberry.argument(description="Page number, from 1 (null: 1).")] = 1,
     limit: Annotated[int | None, strawberry.argument(description="Page size, 1-100 (null: 20).")] = 20,
 ) -> TaskPageType:
-    """Query.tasks and User.tasks: the same arguments, the same loader, the same service call."""
-    user_id = root.id if isinstance(root, UserType) else info.context.principal.user_id
-    query = validated(
-        schemas.TaskListQuery,
-        {
-            "status": or_default(status, schemas.TaskStatus.ALL),
-            "priority": priority,
-            "tag": tag,
-            "search": search,
-            "due_before": due_before,
-            "due_after": due_after,
-            "overdue": overdue,
-            "has_due_date": has_due_date,
-            "sort": or_default(sort, schemas.TaskSort.CREATED),
-            "order": or_default(order, schemas.SortOrder.DESC),
-            "page": or_default(page, 1),
-            "limit": or_default(limit, 20),
-        },
+    """Query.tasks and User.tasks."""
+    page_of_tasks = await operations.tasks(
+        info.context,
+        user_id=root.id if isinstance(root, UserType) else None,
+        status=status,
+        priority=priority,
+        tag=tag,
+        search=search,
+        due_before=due_before,
+        due_after=due_after,
+        overdue=overdue,
+        has_due_date=has_due_date,
+        sort=sort,
+        order=order,
+        page=page,
+        limit=limit,
     )
-    return TaskPageType.from_model(await info.context.user_tasks.load((user_id, query)))
+    return TaskPageType.from_model(page_of_tasks)
 
 
 @strawberry.type(name="User", description="A user of the app. You can only ever see yourself.")
@@ -279,4 +252,4 @@ class UserType:
 
     @classmethod
     def from_model(cls, user: schemas.UserPublic) -> "UserType":
-        return cls(id=user.id, email=user.email, name=user.name)
+        return cls(**{name: value(user) for name, value in USER_FIELDS.items()})

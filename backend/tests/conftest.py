@@ -26,6 +26,8 @@ from backend.main import create_app
 from backend.tests.factories import TEST_SECRET
 from backend.tests.services_fixtures import FIGURES, pgbouncer
 
+pytest_plugins = ("backend.tests.graphql_modes",)  # the graphql_modes marker: both GraphQL execution modes
+
 TEST_REQUEST_TIMEOUT = 60.0  # a test's whole database work; the budget itself is tested with pooled connections
 ADMIN_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -79,6 +79,7 @@ async def test_the_service_filters_by_due_date(db: Database, case: str) -> None:
     assert page.total == len(expected)
 
 
+@pytest.mark.graphql_modes
 @pytest.mark.parametrize("case", FILTERS)
 async def test_rest_and_graphql_give_the_same_answers(client: httpx.AsyncClient, db: Database, case: str) -> None:
     await seed(db)
@@ -109,6 +110,7 @@ async def test_a_bad_due_filter_is_a_422(client: httpx.AsyncClient, params: dict
     assert response.json()["errors"][0]["loc"] == ["query", field]
 
 
+@pytest.mark.graphql_modes
 async def test_user_tasks_take_the_same_filters(client: httpx.AsyncClient, db: Database) -> None:
     await seed(db)
     body = (

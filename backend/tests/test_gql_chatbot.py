@@ -8,6 +8,8 @@ import pytest
 
 from backend.tests.factories import auth_headers
 
+pytestmark = pytest.mark.graphql_modes  # each test with compiled plans and with graphql-core alone
+
 ALICE = auth_headers("alice")
 ALICE_JSON = {**ALICE, "Content-Type": "application/json"}
 BOB = auth_headers("bob")
