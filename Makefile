@@ -13,16 +13,19 @@ TOKEN_USER := $(or $(USER_ID),$(if $(filter command line,$(origin USER)),$(USER)
 
 install: $(STAMP) $(ASSET_STAMP)
 
-# Re-install when the venv is missing or pyproject.toml changed since the last install.
+# Re-install when the venv is missing or pyproject.toml changed since the last install. Everything an
+# install prints goes to stderr, so `TOKEN=$(make -s token)` captures the token alone on a fresh clone.
 $(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	@echo "make install: $(VENV) (pip install -e '.[dev]')" >&2
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) >&2
+	@$(PY) -m pip install --quiet --upgrade pip >&2
+	@$(PY) -m pip install --quiet -e '.[dev]' >&2
 	@touch $(STAMP)
 
 # Swagger UI and GraphiQL builds from npm (package-lock.json); fetched again when the list changes.
 $(ASSET_STAMP): package.json package-lock.json scripts/explorer-assets.sh
-	@if command -v npm >/dev/null; then sh scripts/explorer-assets.sh && touch $@; \
+	@if command -v npm >/dev/null; then echo "make install: explorer assets (npm ci)" >&2; \
+	sh scripts/explorer-assets.sh >&2 && touch $@; \
 	else echo "warning: npm not found, so /docs and /graphql will not load: install Node.js, then make install" >&2; fi
 
 run: install

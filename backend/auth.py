@@ -8,7 +8,6 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
-from fastapi.security import HTTPBearer
 
 from backend.db import Database
 from backend.errors import DomainError, ServiceUnavailable, Unauthenticated
@@ -16,8 +15,15 @@ from backend.principal import Principal
 from backend.rate_limit import enforce_rate_limit
 from backend.tokens import bearer_token
 
-# Registers the scheme in OpenAPI (Swagger's "Authorize" button); the check itself is `authenticate`.
-bearer_scheme = HTTPBearer(auto_error=False, description="A Better Auth JWT: `Authorization: Bearer <token>`")
+# The scheme OpenAPI (Swagger's "Authorize" button) shows on every AuthenticatedRoute; the check itself is
+# `authenticate`. Declared rather than a FastAPI Security dependency: that would be one more dependency to
+# solve on every request, to parse the header a second time.
+BEARER_SCHEME_NAME = "HTTPBearer"
+BEARER_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "A Better Auth JWT: `Authorization: Bearer <token>`",
+}
 
 
 async def authenticate(request: Request, *, required: bool = True) -> Principal | None:
@@ -49,7 +55,7 @@ class RequestContext:
     db: Database
 
 
-async def get_request_context(request: Request, _credentials: Annotated[Any, Depends(bearer_scheme)]) -> RequestContext:
+async def get_request_context(request: Request) -> RequestContext:
     """The principal `AuthenticatedRoute` verified before FastAPI read the body, and a `Database`."""
     principal: Principal = request.state.principal
     return RequestContext(principal=principal, db=request.app.state.datastore.for_request())
@@ -57,6 +63,10 @@ async def get_request_context(request: Request, _credentials: Annotated[Any, Dep
 
 class AuthenticatedRoute(APIRoute):
     """Authenticates (and rate-limits) before FastAPI reads the body, so a bad token always wins."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        extra = kwargs.pop("openapi_extra", None) or {}
+        super().__init__(path, endpoint, openapi_extra={**extra, "security": [{BEARER_SCHEME_NAME: []}]}, **kwargs)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
@@ -69,6 +79,19 @@ class AuthenticatedRoute(APIRoute):
 
 
 ContextDep = Annotated[RequestContext, Depends(get_request_context)]
+
+
+def document_bearer_scheme(app: FastAPI) -> None:
+    """Add the bearer scheme the AuthenticatedRoutes name to the OpenAPI document's components."""
+    build_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            components = build_openapi().setdefault("components", {})
+            components.setdefault("securitySchemes", {})[BEARER_SCHEME_NAME] = BEARER_SCHEME
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def check_authenticated_routes(app: FastAPI) -> None:

@@ -2,11 +2,19 @@
 
 import ipaddress
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from limits import parse_many
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from backend.database_url import anchored_sqlite_url, normalize_database_url
+
+# `make run` starts in the repository and `cd backend && uvicorn main:app` in backend/: both read the
+# repository's .env and keep a relative SQLite file there.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # Dev-only fallback. Any environment other than "development" refuses to start with it.
 DEV_SECRET = "dev-only-insecure-secret-change-me-0123456789abcdef"
@@ -15,7 +23,7 @@ MIN_SECRET_BYTES = 32
 
 class Settings(BaseSettings):
     # The contract fixes the variable names (DATABASE_URL, BETTER_AUTH_SECRET, ...), so no env prefix.
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    model_config = SettingsConfigDict(env_file=PROJECT_ROOT / ".env", env_file_encoding="utf-8", extra="ignore")
 
     app_env: Literal["development", "test", "production"] = "development"
 
@@ -59,8 +67,11 @@ class Settings(BaseSettings):
     graphql_max_depth: int = Field(default=10, ge=1)
     graphql_max_aliases: int = Field(default=30, ge=1)
     graphql_max_tokens: int = Field(default=2000, ge=1)
+    graphql_compiled: bool = True  # compiled plans (backend/gql/compiled.py); false: graphql-core runs everything
 
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Requests a worker serves at once; the rest wait in order of arrival (first come, first served).
+    max_concurrent_requests: int = Field(default=32, ge=1, le=10_000)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -74,6 +85,21 @@ class Settings(BaseSettings):
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: str) -> str:
+        try:  # refuse an unsupported driver or sslmode now, not at the first connection
+            normalize_database_url(value)
+        except ValueError as unsupported:
+            raise ValueError(str(unsupported).removeprefix("DATABASE_URL: ")) from None
+        return anchored_sqlite_url(value, PROJECT_ROOT)
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _parseable_rate_limit(cls, value: str) -> str:
+        parse_many(value)
         return value
 
     @field_validator("public_url")
@@ -158,4 +184,17 @@ def _matches_every_address(entry: str) -> bool:
 
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    """The process's settings. An invalid configuration ends the process with one line saying what to fix."""
+    try:
+        return Settings()
+    except ValidationError as invalid:
+        raise SystemExit(f"Configuration error: {configuration_errors(invalid)}") from None
+
+
+def configuration_errors(invalid: ValidationError) -> str:
+    """`RATE_LIMIT: ...; DATABASE_URL: ...` in the environment's names."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']).upper() or 'settings'}: "
+        f"{str(error['msg']).removeprefix('Value error, ')}"
+        for error in invalid.errors()
+    )

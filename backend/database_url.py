@@ -1,14 +1,27 @@
 """DATABASE_URL as providers hand it out (Neon, Heroku-style, libpq query parameters) -> the async drivers'."""
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from sqlalchemy.engine import URL, make_url
 
-from backend.config import Settings
+if TYPE_CHECKING:  # config validates DATABASE_URL with this module
+    from backend.config import Settings
 
 # Query parameters that libpq/Neon URLs carry and asyncpg does not take as-is.
 _SSL_PARAMS = ("sslmode", "ssl")
 _DROPPED_PARAMS = ("channel_binding", "pgbouncer", "connect_timeout")
 _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _SSL_ALIASES = {"true": "require", "1": "require", "false": "disable", "0": "disable"}
+
+
+def anchored_sqlite_url(raw_url: str, root: Path) -> str:
+    """A relative SQLite path taken from `root`, not from wherever the process started."""
+    url = make_url(raw_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return raw_url
+    path = Path(url.database)
+    return raw_url if path.is_absolute() else url.set(database=str(root / path)).render_as_string(False)
 
 
 def normalize_database_url(raw_url: str) -> URL:
@@ -42,7 +55,7 @@ def ssl_mode(raw_url: str) -> str | None:
     return value
 
 
-def is_pgbouncer(raw_url: str, settings: Settings) -> bool:
+def is_pgbouncer(raw_url: str, settings: "Settings") -> bool:
     """Does the URL (or DB_PGBOUNCER) announce a transaction pooler? `create_engine` also detects one."""
     if settings.db_pgbouncer is not None:
         return settings.db_pgbouncer

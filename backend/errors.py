@@ -29,8 +29,13 @@ class DomainError(Exception):
 
     @property
     def extensions(self) -> dict[str, Any]:
-        # graphql-core copies `extensions` of the original error into the GraphQL error.
-        return {"code": self.code}
+        """What GraphQL clients read (graphql-core copies it into the error): the code, and a retry
+        delay where the client should wait."""
+        extensions: dict[str, Any] = {"code": self.code}
+        retry_after = self.headers.get("Retry-After")
+        if retry_after is not None and retry_after.isdigit():
+            extensions["retryAfter"] = int(retry_after)
+        return extensions
 
 
 # RFC 6750 3: error_description holds only %x20-21 / %x23-5B / %x5D-7E. Everything else, `%` included,
@@ -70,6 +75,15 @@ class NotFound(DomainError):
     code = "NOT_FOUND"
     default_message = "Task not found"
 
+    def __init__(self, message: str | None = None, *, ids: Sequence[int] = ()) -> None:
+        super().__init__(message)
+        self.ids = list(ids)
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        """With `ids` when several tasks were asked for: the ones missing (GraphQL IDs are strings)."""
+        return {**super().extensions, "ids": [str(task_id) for task_id in self.ids]} if self.ids else super().extensions
+
 
 class Conflict(DomainError):
     status_code = 409
@@ -89,10 +103,23 @@ class PayloadTooLarge(DomainError):
     default_message = "Request body too large"
 
 
+FieldPath = tuple[str | int, ...]
+
+
 class InvalidInput(DomainError):
     status_code = 422
     code = "BAD_USER_INPUT"
     default_message = "Invalid input"
+
+    def __init__(self, message: str | None = None, *, fields: Sequence[tuple[FieldPath, str]] = ()) -> None:
+        super().__init__(message)
+        self.fields = list(fields)
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        """`fields`: one `{path, message}` per invalid field, paths as in REST's 422 `loc`, in camelCase."""
+        fields = [{"path": list(path), "message": message} for path, message in self.fields]
+        return {**super().extensions, "fields": fields}
 
 
 class RateLimited(DomainError):
@@ -145,7 +172,24 @@ def readable_validation_errors(errors: Sequence[Any]) -> str:
         if error.get("type") == "json_invalid":
             parts.append("Request body is not valid JSON")
             continue
-        message = str(error.get("msg", "invalid value"))
-        message = message.removeprefix("Value error, ")
+        message = _message(error)
         parts.append(f"{location}: {message}" if location else message)
     return "; ".join(parts) or "Invalid input"
+
+
+def invalid_input(errors: Sequence[Any], *, at: FieldPath = ()) -> InvalidInput:
+    """BAD_USER_INPUT out of pydantic's errors for an argument at `at`: REST's message, and a field per error
+    in camelCase (`input.dueDate`), as GraphQL clients name them."""
+    fields = [((*at, *(_camel(part) for part in error.get("loc", ()))), _message(error)) for error in errors]
+    return InvalidInput(readable_validation_errors(errors), fields=fields)
+
+
+def _message(error: Any) -> str:
+    return str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+
+
+def _camel(part: str | int) -> str | int:
+    if isinstance(part, int):
+        return part
+    head, *rest = part.split("_")
+    return head + "".join(word.title() for word in rest)

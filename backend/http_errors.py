@@ -1,4 +1,9 @@
-"""REST's rendering of errors: the exception handlers and the error models in the OpenAPI document."""
+"""The HTTP rendering of errors: the exception handlers and the error models in the OpenAPI document.
+
+REST bodies are `{"error": CODE, "detail": "..."}`. A failure of a whole /graphql request answered
+here (no token, rate limit, body too large, database down) is a GraphQL response instead: only
+`errors`, each with `extensions.code`, whatever the HTTP status.
+"""
 
 import logging
 from collections.abc import Sequence
@@ -25,15 +30,21 @@ def error_body(code: str, detail: str, **extra: Any) -> dict[str, Any]:
     return {"error": code, "detail": detail, **extra}
 
 
+def graphql_error_body(message: str, extensions: dict[str, Any]) -> dict[str, Any]:
+    return {"errors": [{"message": message, "extensions": extensions}]}
+
+
 def domain_error_response(exc: DomainError, *, graphql: bool = False) -> JSONResponse:
-    body = error_body(exc.code, exc.message)
-    if graphql:  # GraphQL clients look for `errors[].extensions.code`, even on a non-200 answer
-        body["errors"] = [{"message": exc.message, "extensions": exc.extensions}]
+    body = graphql_error_body(exc.message, exc.extensions) if graphql else error_body(exc.code, exc.message)
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
+def is_graphql_path(path: str) -> bool:
+    return path == "/graphql" or path.startswith("/graphql/")
+
+
 def _is_graphql(request: Request) -> bool:
-    return request.url.path.startswith("/graphql")
+    return is_graphql_path(request.url.path)
 
 
 def _jsonable_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
@@ -60,10 +71,11 @@ async def _handle_validation_error(_request: Request, exc: Exception) -> JSONRes
 _HTTP_CODES = {400: "BAD_REQUEST", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}
 
 
-async def _handle_http_exception(_request: Request, exc: Exception) -> JSONResponse:
+async def _handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    code = _HTTP_CODES.get(exc.status_code, "HTTP_ERROR")
-    return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=dict(exc.headers or {}))
+    code, detail = _HTTP_CODES.get(exc.status_code, "HTTP_ERROR"), str(exc.detail)
+    body = graphql_error_body(detail, {"code": code}) if _is_graphql(request) else error_body(code, detail)
+    return JSONResponse(body, status_code=exc.status_code, headers=dict(exc.headers or {}))
 
 
 async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -75,9 +87,11 @@ async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     request_id = request_id_of(request)
     with request_id_bound(request_id):
         logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse(
-        error_body("INTERNAL", "Internal server error"), status_code=500, headers={REQUEST_ID_HEADER: request_id}
+    message = "Internal server error"
+    body = (
+        graphql_error_body(message, {"code": "INTERNAL"}) if _is_graphql(request) else error_body("INTERNAL", message)
     )
+    return JSONResponse(body, status_code=500, headers={REQUEST_ID_HEADER: request_id})
 
 
 async def _handle_client_disconnect(request: Request, _exc: Exception) -> Response:

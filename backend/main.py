@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.ext.asyncio import AsyncEngine
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from backend.auth import check_authenticated_routes
+from backend.auth import check_authenticated_routes, document_bearer_scheme
 from backend.config import Settings, get_settings
 from backend.db import Datastore, create_engine, migrate_database
 from backend.explorers import mount_explorers
@@ -40,6 +40,7 @@ EXPOSED_HEADERS = [
     "X-Request-ID",
 ]
 ALLOWED_HEADERS = ["Authorization", "Content-Type", "If-Match", "Idempotency-Key", "X-Request-ID"]
+PROBE_PATHS = ("/health", "/ready", "/metrics")  # answered at once, even when requests queue
 IDEMPOTENCY_PURGE_SECONDS = 3600
 IDEMPOTENCY_PURGE_TIMEOUT_SECONDS = 60.0
 OPENAPI_TAGS = [
@@ -118,10 +119,16 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
         app.include_router(create_metrics_router(settings))
     mount_explorers(app, swagger_ui=settings.api_docs_enabled, graphiql=settings.graphiql_enabled)
     check_authenticated_routes(app)
+    document_bearer_scheme(app)
 
     # Outermost last: observability -> proxy headers -> CORS -> hardening (UTF-8 target, body limit,
     # security headers) -> routes.
-    app.add_middleware(HttpHardeningMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        HttpHardeningMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        max_concurrent=settings.max_concurrent_requests,
+        unqueued_paths=PROBE_PATHS,
+    )
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

@@ -6,7 +6,7 @@ The API's input and output shapes are in backend/schemas.py.
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import sqlmodel
 from sqlalchemy import (
@@ -69,6 +69,12 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        # asyncpg already returns timestamptz as aware UTC datetimes: no Python call per value there.
+        if dialect.name == "postgresql":
+            return None
+        return super().result_processor(dialect, coltype)
 
 
 TagsType = JSON().with_variant(JSONB(), "postgresql")

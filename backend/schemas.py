@@ -296,6 +296,18 @@ class TaskListQuery(BaseModel):
         validation_alias=AliasChoices("order", "sort_order"),
         description="asc or desc (alias: sort_order)",
     )
+    due_before: DueDate = Field(
+        default=None, description="Only tasks due strictly before this instant (a date alone means 00:00 UTC)"
+    )
+    due_after: DueDate = Field(
+        default=None, description="Only tasks due at or after this instant (a date alone means 00:00 UTC)"
+    )
+    overdue: bool | None = Field(
+        default=None, description="true: only tasks not completed and due before now; false: all the others"
+    )
+    has_due_date: bool | None = Field(
+        default=None, description="true: only tasks with a due date; false: only tasks without one"
+    )
     page: int = Field(default=1, ge=1, le=PAGE_MAX, description="1-based page number")
     limit: int = Field(default=20, ge=1, le=LIMIT_MAX, description="Page size, 1-100")
 

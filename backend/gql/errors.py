@@ -7,10 +7,11 @@ token, a spent rate budget and an unreachable database also set the HTTP status 
 """
 
 import logging
+import re
 from collections.abc import AsyncIterator, Sequence
 
 from fastapi import Response
-from graphql import GraphQLError
+from graphql import GraphQLError, GraphQLSyntaxError
 from strawberry.extensions import SchemaExtension
 from strawberry.types import ExecutionResult
 
@@ -48,14 +49,17 @@ class ErrorPolicy(SchemaExtension):
 
 def apply_error_policy(error: GraphQLError) -> GraphQLError:
     original = error.original_error
+    if isinstance(error, GraphQLSyntaxError):
+        too_many_tokens = "tokens" in error.message and "Parsing aborted" in error.message
+        return _with_code(error, "QUERY_TOO_COMPLEX" if too_many_tokens else "GRAPHQL_PARSE_FAILED")
     if error.path is None and not isinstance(original, DomainError):
-        return _with_code(error, "BAD_USER_INPUT")
+        # Validation tagged its own errors; what is left never ran: variables that do not fit their types.
+        return _with_fields(_with_code(error, "BAD_USER_INPUT"))
     if isinstance(original, GraphQLError) and original.nodes:
         # graphql-core refused an argument while executing (a null variable for a non-null argument):
         # its error points into the request document, so the request is at fault, not the server.
-        return _with_code(
-            GraphQLError(error.message, error.nodes, error.source, error.positions, error.path), "BAD_USER_INPUT"
-        )
+        refused = GraphQLError(error.message, error.nodes, error.source, error.positions, error.path)
+        return _with_fields(_with_code(refused, "BAD_USER_INPUT"))
     domain_error = as_domain_error(original) if original is not None else None
     if domain_error is None:
         logger.error("unexpected error in GraphQL resolver", exc_info=original)
@@ -72,6 +76,28 @@ def apply_error_policy(error: GraphQLError) -> GraphQLError:
     return GraphQLError(
         domain_error.message, error.nodes, error.source, error.positions, error.path, original_error=domain_error
     )
+
+
+# graphql-core's words for a variable that does not fit ("Variable '$input' has invalid value at
+# .tags[0]: ...") and an argument it refuses while executing ("Argument 'id' of non-null type ...").
+_VARIABLE_ERROR = re.compile(r"^Variable '\$(?P<name>\w+)' [^:]*?(?: at (?P<at>[^:]+))?:")
+_PATH_PART = re.compile(r"\.(\w+)|\[(\d+)\]")
+_ARGUMENT_ERROR = re.compile(r"^Argument '(?P<name>\w+)'")
+
+
+def _with_fields(error: GraphQLError) -> GraphQLError:
+    """BAD_USER_INPUT names each invalid field: for a variable, its name and where inside it."""
+    extensions = error.extensions or {}
+    if extensions.get("code") != "BAD_USER_INPUT" or "fields" in extensions:
+        return error
+    path: list[str | int] = []
+    if (variable := _VARIABLE_ERROR.match(error.message)) is not None:
+        inside = _PATH_PART.findall(variable["at"] or "")
+        path = [variable["name"], *(key or int(index) for key, index in inside)]
+    elif (argument := _ARGUMENT_ERROR.match(error.message)) is not None:
+        path = [argument["name"]]
+    error.extensions = {**(error.extensions or {}), "fields": [{"path": path, "message": error.message}]}
+    return error
 
 
 def _with_code(error: GraphQLError, code: str) -> GraphQLError:

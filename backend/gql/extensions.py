@@ -20,6 +20,7 @@ from graphql import (
     GraphQLError,
     GraphQLSchema,
     InlineFragmentNode,
+    ListValueNode,
     SelectionNode,
     SelectionSetNode,
     VariableNode,
@@ -38,6 +39,8 @@ from backend.rate_limit import enforce_rate_limit
 INTROSPECTION_FIELDS = frozenset({"__schema", "__type", "__typename"})
 # Fields below the root that run a query of their own (batched per level, still a query each).
 LIST_FIELDS = frozenset({"tasks"})
+# Mutations on many tasks: each id counts.
+BULK_FIELDS = frozenset({"completeTasks", "deleteTasks"})
 MAX_COST = 1_000  # far above anything the depth and alias limits let through; a bound on the walk
 
 
@@ -91,13 +94,28 @@ class Validation(SchemaExtension):
 
 
 def document_validator(
-    rules: tuple[type[ASTValidationRule], ...], *, hide_suggestions: bool
+    limit_rules: tuple[type[ASTValidationRule], ...],
+    rules: tuple[type[ASTValidationRule], ...],
+    *,
+    hide_suggestions: bool,
 ) -> Callable[[GraphQLSchema, DocumentNode], list[GraphQLError]]:
+    """Validation with a distinct code per kind of failure. The limits (depth, aliases) run first: they
+    also bound the cost of the other rules, some of which grow with the square of the aliases."""
+
     @functools.lru_cache(maxsize=512)
     def validate_document(graphql_schema: GraphQLSchema, document: DocumentNode) -> list[GraphQLError]:
-        return validate(graphql_schema, document, rules, hide_suggestions=hide_suggestions)
+        too_complex = validate(graphql_schema, document, limit_rules, hide_suggestions=hide_suggestions)
+        if too_complex:
+            return [_coded(error, "QUERY_TOO_COMPLEX") for error in too_complex]
+        invalid = validate(graphql_schema, document, rules, hide_suggestions=hide_suggestions)
+        return [_coded(error, "GRAPHQL_VALIDATION_FAILED") for error in invalid]
 
     return validate_document
+
+
+def _coded(error: GraphQLError, code: str) -> GraphQLError:
+    error.extensions = {**(error.extensions or {}), "code": code}
+    return error
 
 
 class ExecutorWithoutSuggestions(StrawberryGraphQLCoreExecutionContext):
@@ -109,7 +127,8 @@ class ExecutorWithoutSuggestions(StrawberryGraphQLCoreExecutionContext):
 
 
 class RequestCost(SchemaExtension):
-    """Charge what the request will do: one unit per root field and per nested list, before it runs.
+    """Charge what the request will do: one unit per root field, per nested list and per id of a bulk
+    mutation, before it runs.
 
     Authentication already charged one unit for the request itself. A budget that cannot cover the
     rest in full answers 429 and nothing runs.
@@ -149,8 +168,11 @@ def request_cost(document: DocumentNode, operation_name: str | None, variables: 
                 continue
             if isinstance(selection, FieldNode):
                 name = selection.name.value
-                charged = (root and name not in INTROSPECTION_FIELDS) or (not root and name in LIST_FIELDS)
-                total += int(charged)
+                if root and name in BULK_FIELDS:
+                    total += max(1, _ids_given(selection, variables))
+                else:
+                    charged = (root and name not in INTROSPECTION_FIELDS) or (not root and name in LIST_FIELDS)
+                    total += int(charged)
                 if selection.selection_set is not None:
                     total += cost(selection.selection_set, root=False)
             elif isinstance(selection, InlineFragmentNode):
@@ -160,6 +182,18 @@ def request_cost(document: DocumentNode, operation_name: str | None, variables: 
         return min(total, MAX_COST)
 
     return max(1, cost(operation.selection_set, root=True))
+
+
+def _ids_given(field: FieldNode, variables: Mapping[str, Any]) -> int:
+    """How many ids a bulk mutation names, as a literal list or a variable (a single id counts one)."""
+    for argument in field.arguments or ():
+        if argument.name.value == "ids":
+            value = argument.value
+            if isinstance(value, VariableNode):
+                given = variables.get(value.name.value)
+                return len(given) if isinstance(given, list) else 1
+            return len(value.values) if isinstance(value, ListValueNode) else 1
+    return 1
 
 
 def _fragments(document: DocumentNode) -> dict[str, FragmentDefinitionNode]:

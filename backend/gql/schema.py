@@ -23,8 +23,9 @@ from strawberry.types import ExecutionContext, ExecutionResult
 
 from backend.config import Settings, get_settings
 from backend.explorers import graphiql_response
+from backend.gql.compiled import CompiledExecution, Planner
 from backend.gql.context import get_context
-from backend.gql.errors import ErrorPolicy, mask_uncoded, never_ran, request_level_error
+from backend.gql.errors import ErrorPolicy, mask_uncoded
 from backend.gql.extensions import (
     AuthenticationFirst,
     CachedParser,
@@ -36,7 +37,7 @@ from backend.gql.extensions import (
 )
 from backend.gql.resolvers import Mutation, Query
 from backend.gql.types import DateTime
-from backend.http_errors import ERROR_RESPONSES, error_body
+from backend.http_errors import ERROR_RESPONSES, graphql_error_body
 
 
 class TodoSchema(strawberry.Schema):
@@ -45,37 +46,23 @@ class TodoSchema(strawberry.Schema):
         return None
 
 
-def whole_request_failure(result: ExecutionResult) -> tuple[str, str] | None:
-    """(code, message) when the response is an HTTP error rather than a GraphQL result with field errors."""
-    errors = result.errors or []
-    request_error = request_level_error(errors)
-    if request_error is not None:
-        return request_error.code, request_error.message
-    if never_ran(result.data, errors):
-        return "BAD_USER_INPUT", "; ".join(error.message for error in errors)
-    return None
-
-
 def build_schema(settings: Settings) -> strawberry.Schema:
     # The rule classes are built once: QueryDepthLimiter / MaxAliasesLimiter would create new ones
     # for every request (so the validation cache would never hit).
-    rules: list[type[ASTValidationRule]] = [
-        *specified_rules,
-        depth_limit_rule(settings.graphql_max_depth, None),
-        alias_limit_rule(settings.graphql_max_aliases),
-        MaybeNullValidationRule,
-        OneOfInputValidationRule,
-    ]
+    limit_rules = (depth_limit_rule(settings.graphql_max_depth, None), alias_limit_rule(settings.graphql_max_aliases))
+    rules: list[type[ASTValidationRule]] = [*specified_rules, MaybeNullValidationRule, OneOfInputValidationRule]
     if not settings.introspection_enabled:
         rules.append(NoSchemaIntrospectionCustomRule)
     hide_suggestions = not settings.introspection_enabled
-    validate_document = document_validator(tuple(rules), hide_suggestions=hide_suggestions)
+    validate_document = document_validator(limit_rules, tuple(rules), hide_suggestions=hide_suggestions)
     extensions: list[Callable[[], SchemaExtension]] = [
         functools.partial(MaxTokensLimiter, max_token_count=settings.graphql_max_tokens),
         CachedParser,
         functools.partial(Validation, validate_document),
         AuthenticationFirst,
         RequestCost,
+        # After the request rules, so it only runs what they let through; ErrorPolicy renders its errors too.
+        functools.partial(CompiledExecution, Planner(hide_suggestions=hide_suggestions)),
         ErrorPolicy,
         CloseDatabase,
     ]
@@ -89,22 +76,16 @@ def build_schema(settings: Settings) -> strawberry.Schema:
 
 
 class TodoGraphQLRouter(GraphQLRouter[Any, None]):
-    """Strawberry's router, with its plain-text HTTP errors turned into the API's JSON errors,
+    """Strawberry's router, with its plain-text HTTP errors turned into GraphQL errors with a code,
     and GraphiQL served from this app's own assets instead of a CDN."""
 
     async def render_graphql_ide(self, request: Request) -> HTMLResponse:
         return graphiql_response(request)
 
     async def process_result(self, request: Any, result: ExecutionResult) -> GraphQLHTTPResponse:
-        """A failure of the whole request (400, 401, 429, 503) also carries REST's `error` and `detail`."""
         if result.errors:
             result.errors = [mask_uncoded(error) for error in result.errors]
-        body = await super().process_result(request, result)
-        failure = whole_request_failure(result)
-        if failure is None:
-            return body
-        code, detail = failure
-        return {"error": code, "detail": detail, **body}  # type: ignore[typeddict-unknown-key]
+        return await super().process_result(request, result)
 
     def parse_json(self, data: str | bytes) -> Any:
         try:
@@ -117,8 +98,7 @@ class TodoGraphQLRouter(GraphQLRouter[Any, None]):
             return await super().run(request, context=context, root_value=root_value)
         except StrawberryHTTPException as exc:
             code = "NOT_FOUND" if exc.status_code == 404 else "BAD_REQUEST"
-            body = error_body(code, exc.reason, errors=[{"message": exc.reason, "extensions": {"code": code}}])
-            return JSONResponse(body, status_code=exc.status_code)
+            return JSONResponse(graphql_error_body(exc.reason, {"code": code}), status_code=exc.status_code)
 
 
 def _graphql_operation_id(route: APIRoute) -> str:

@@ -1,14 +1,15 @@
 """GraphQL types, inputs and enums, mapped explicitly from the service layer's models."""
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import Enum
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from operator import attrgetter
+from typing import TYPE_CHECKING, Annotated, Any
 
 import strawberry
-from pydantic import BaseModel, ValidationError
 
 from backend import models, schemas
-from backend.errors import InvalidInput, readable_validation_errors
+from backend.gql import operations
 from backend.services.tasks import TaskPage
 
 if TYPE_CHECKING:
@@ -66,16 +67,50 @@ def _parse_datetime(value: object) -> datetime:
 
 DateTime = strawberry.scalar(
     name="DateTime",
-    description="An ISO-8601 date-time, returned in UTC (`2026-01-31T09:30:00Z`). "
+    description="An ISO-8601 / RFC 3339 date-time, returned in UTC (`2026-01-31T09:30:00Z`). "
     "Input without an offset is taken as UTC; a date alone means midnight UTC.",
     serialize=_serialize_datetime,
     parse_value=_parse_datetime,
+    specified_by_url="https://datatracker.ietf.org/doc/html/rfc3339",
 )
+
+
+# How each field reads the domain object, by Python name. `from_model` builds the Strawberry objects with
+# these, and compiled plans (backend/gql/compiled.py) read the service's rows with them: the same values.
+TASK_FIELDS: dict[str, Callable[[schemas.TaskPublic], Any]] = {
+    "id": lambda task: strawberry.ID(str(task.id)),
+    "version": lambda task: task.etag,
+    "user_id": attrgetter("user_id"),
+    "title": attrgetter("title"),
+    "description": attrgetter("description"),
+    "completed": attrgetter("completed"),
+    "priority": attrgetter("priority"),
+    "tags": attrgetter("tags"),
+    "due_date": attrgetter("due_date"),
+    "created_at": attrgetter("created_at"),
+    "updated_at": attrgetter("updated_at"),
+}
+TASK_PAGE_FIELDS: dict[str, Callable[[TaskPage], Any]] = {
+    "items": attrgetter("items"),  # TaskPublic rows: from_model turns them into TaskType
+    "total": attrgetter("total"),
+    "page": attrgetter("page"),
+    "limit": attrgetter("limit"),
+    "has_next": attrgetter("has_next"),
+}
+USER_FIELDS: dict[str, Callable[[schemas.UserPublic], Any]] = {
+    "id": attrgetter("id"),
+    "email": attrgetter("email"),
+    "name": attrgetter("name"),
+}
 
 
 @strawberry.type(name="Task", description="A to-do item. Only its owner can see or change it.")
 class TaskType:
-    id: int = strawberry.field(description="Server-assigned identifier.")
+    id: strawberry.ID = strawberry.field(description="Server-assigned identifier: digits, as a string.")
+    version: str = strawberry.field(
+        description="Changes whenever the task does (REST's ETag): pass it as `expectedVersion` to change "
+        "the task only if nobody else has meanwhile."
+    )
     user_id: str = strawberry.field(description="Id of the owner (the authenticated user).")
     title: str = strawberry.field(description="What to do: 1-200 characters, trimmed.")
     description: str | None = strawberry.field(description="Optional details, at most 1000 characters.")
@@ -88,25 +123,11 @@ class TaskType:
 
     @strawberry.field(description="The task's owner: always the authenticated user.")
     async def owner(self, info: strawberry.Info["Context", None]) -> "UserType":
-        user = await info.context.users.load(self.user_id)
-        if user is None:  # only reachable for the caller's own tasks, so the caller exists
-            raise InvalidInput("Owner not visible")
-        return UserType.from_model(user)
+        return UserType.from_model(await operations.owner(info.context, user_id=self.user_id))
 
     @classmethod
     def from_model(cls, task: schemas.TaskPublic) -> "TaskType":
-        return cls(
-            id=task.id,
-            user_id=task.user_id,
-            title=task.title,
-            description=task.description,
-            completed=task.completed,
-            priority=task.priority,
-            tags=task.tags,
-            due_date=task.due_date,
-            created_at=task.created_at,
-            updated_at=task.updated_at,
-        )
+        return cls(**{name: value(task) for name, value in TASK_FIELDS.items()})
 
 
 @strawberry.type(name="TaskPage", description="One page of a task list, with the total across all pages.")
@@ -119,13 +140,9 @@ class TaskPageType:
 
     @classmethod
     def from_model(cls, page: TaskPage) -> "TaskPageType":
-        return cls(
-            items=[TaskType.from_model(task) for task in page.items],
-            total=page.total,
-            page=page.page,
-            limit=page.limit,
-            has_next=page.has_next,
-        )
+        values = {name: value(page) for name, value in TASK_PAGE_FIELDS.items()}
+        values["items"] = [TaskType.from_model(task) for task in page.items]
+        return cls(**values)
 
 
 @strawberry.input(
@@ -142,6 +159,11 @@ class CreateTaskInput:
         description="Up to 10 tags of 1-32 characters; duplicates ignoring case are dropped, order kept.",
     )
     due_date: datetime | None = strawberry.field(default=None, description="When the task is due (UTC if no offset).")
+    idempotency_key: str | None = strawberry.field(
+        default=strawberry.UNSET,
+        description="1-255 characters of your choice: a retry with the same key and input returns the task the "
+        "first request created instead of a second one (as REST's Idempotency-Key; kept 24 h).",
+    )
 
 
 @strawberry.input(
@@ -165,22 +187,11 @@ def provided_fields(graphql_input: object) -> dict[str, Any]:
     return {name: value for name, value in vars(graphql_input).items() if value is not strawberry.UNSET}
 
 
-ModelT = TypeVar("ModelT", bound=BaseModel)
-
-
-def validated(model: type[ModelT], data: dict[str, Any]) -> ModelT:
-    """Run the same pydantic rules as REST; a violation is BAD_USER_INPUT with the same message."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidInput(readable_validation_errors(exc.errors())) from None
-
-
 async def resolve_tasks(
     root: Any,
     info: strawberry.Info["Context", None],
     status: Annotated[
-        schemas.TaskStatus, strawberry.argument(description="Filter by completion.")
+        schemas.TaskStatus | None, strawberry.argument(description="Filter by completion (null: ALL).")
     ] = schemas.TaskStatus.ALL,
     priority: Annotated[models.Priority | None, strawberry.argument(description="Only tasks of this priority.")] = None,
     tag: Annotated[str | None, strawberry.argument(description="Only tasks with this tag, ignoring case.")] = None,
@@ -188,27 +199,48 @@ async def resolve_tasks(
         str | None,
         strawberry.argument(description="Case-insensitive text in title or description; % and _ are literal."),
     ] = None,
-    sort: Annotated[schemas.TaskSort, strawberry.argument(description="Sort key.")] = schemas.TaskSort.CREATED,
-    order: Annotated[schemas.SortOrder, strawberry.argument(description="Sort direction.")] = schemas.SortOrder.DESC,
-    page: Annotated[int, strawberry.argument(description="Page number, from 1.")] = 1,
-    limit: Annotated[int, strawberry.argument(description="Page size, 1-100.")] = 20,
+    due_before: Annotated[
+        datetime | None,
+        strawberry.argument(description="Only tasks due strictly before this instant (a date alone: 00:00 UTC)."),
+    ] = None,
+    due_after: Annotated[
+        datetime | None,
+        strawberry.argument(description="Only tasks due at or after this instant (a date alone: 00:00 UTC)."),
+    ] = None,
+    overdue: Annotated[
+        bool | None,
+        strawberry.argument(description="true: only tasks not completed and due before now; false: all the others."),
+    ] = None,
+    has_due_date: Annotated[
+        bool | None, strawberry.argument(description="true: only tasks with a due date; false: only those without.")
+    ] = None,
+    sort: Annotated[
+        schemas.TaskSort | None, strawberry.argument(description="Sort key (null: CREATED).")
+    ] = schemas.TaskSort.CREATED,
+    order: Annotated[
+        schemas.SortOrder | None, strawberry.argument(description="Sort direction (null: DESC).")
+    ] = schemas.SortOrder.DESC,
+    page: Annotated[int | None, strawberry.argument(description="Page number, from 1 (null: 1).")] = 1,
+    limit: Annotated[int | None, strawberry.argument(description="Page size, 1-100 (null: 20).")] = 20,
 ) -> TaskPageType:
-    """Query.tasks and User.tasks: the same arguments, the same loader, the same service call."""
-    user_id = root.id if isinstance(root, UserType) else info.context.principal.user_id
-    query = validated(
-        schemas.TaskListQuery,
-        {
-            "status": status,
-            "priority": priority,
-            "tag": tag,
-            "search": search,
-            "sort": sort,
-            "order": order,
-            "page": page,
-            "limit": limit,
-        },
+    """Query.tasks and User.tasks."""
+    page_of_tasks = await operations.tasks(
+        info.context,
+        user_id=root.id if isinstance(root, UserType) else None,
+        status=status,
+        priority=priority,
+        tag=tag,
+        search=search,
+        due_before=due_before,
+        due_after=due_after,
+        overdue=overdue,
+        has_due_date=has_due_date,
+        sort=sort,
+        order=order,
+        page=page,
+        limit=limit,
     )
-    return TaskPageType.from_model(await info.context.user_tasks.load((user_id, query)))
+    return TaskPageType.from_model(page_of_tasks)
 
 
 @strawberry.type(name="User", description="A user of the app. You can only ever see yourself.")
@@ -220,4 +252,4 @@ class UserType:
 
     @classmethod
     def from_model(cls, user: schemas.UserPublic) -> "UserType":
-        return cls(id=user.id, email=user.email, name=user.name)
+        return cls(**{name: value(user) for name, value in USER_FIELDS.items()})

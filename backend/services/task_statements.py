@@ -7,6 +7,7 @@ the SQL expression and computing its cache key (docs/architecture.md says what t
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -17,14 +18,17 @@ from sqlalchemy import (
     Row,
     Select,
     Text,
+    and_,
     bindparam,
     delete,
     func,
     insert,
+    or_,
     select,
+    update,
 )
 
-from backend.models import priority_rank, task_counts_table, tasks_table
+from backend.models import priority_rank, task_counts_table, tasks_table, utcnow
 from backend.principal import Principal
 from backend.schemas import SortOrder, TaskListQuery, TaskPublic, TaskSort, TaskStatus
 from backend.sql_functions import contains_ignoring_case, has_tag, unicode_lower
@@ -72,12 +76,18 @@ _COUNTED: dict[TaskStatus, ColumnElement[int]] = {
 
 @dataclass(frozen=True, slots=True)
 class ListShape:
+    """What a list's statement depends on: which filters are present (their values are parameters)."""
+
     status: TaskStatus
     sort: TaskSort
     order: SortOrder
     priority: bool
     tag: bool
     search: bool
+    due_before: bool
+    due_after: bool
+    overdue: bool | None
+    has_due_date: bool | None
     deep: bool
 
     @classmethod
@@ -89,13 +99,18 @@ class ListShape:
             query.priority is not None,
             query.tag is not None,
             query.search is not None,
+            query.due_before is not None,
+            query.due_after is not None,
+            query.overdue,
+            query.has_due_date,
             query.offset >= DEEP_OFFSET,
         )
 
     @property
     def counted_by_trigger(self) -> bool:
-        """Without priority, tag or search filters the total is the trigger-kept count."""
-        return not (self.priority or self.tag or self.search)
+        """With nothing but the status to filter by, the total is the trigger-kept count."""
+        filtered = self.priority or self.tag or self.search or self.due_before or self.due_after
+        return not filtered and self.overdue is None and self.has_due_date is None
 
 
 def list_parameters(principal: Principal, query: TaskListQuery) -> dict[str, Any]:
@@ -106,6 +121,12 @@ def list_parameters(principal: Principal, query: TaskListQuery) -> dict[str, Any
         parameters["tag"] = query.tag
     if query.search is not None:
         parameters["search"] = query.search
+    if query.due_before is not None:
+        parameters["due_before"] = query.due_before
+    if query.due_after is not None:
+        parameters["due_after"] = query.due_after
+    if query.overdue is not None:
+        parameters["now"] = utcnow()
     return parameters
 
 
@@ -122,6 +143,18 @@ def _list_conditions(shape: ListShape) -> list[ColumnElement[bool]]:
     if shape.search:
         search = bindparam("search", type_=Text)
         conditions.append(contains_ignoring_case(t.c.title, search) | contains_ignoring_case(t.c.description, search))
+    if shape.due_before:
+        conditions.append(t.c.due_date < bindparam("due_before", type_=t.c.due_date.type))
+    if shape.due_after:
+        conditions.append(t.c.due_date >= bindparam("due_after", type_=t.c.due_date.type))
+    if shape.overdue is not None:
+        now = bindparam("now", type_=t.c.due_date.type)
+        if shape.overdue:
+            conditions.append(and_(t.c.completed.is_(False), t.c.due_date < now))
+        else:  # spelled out: NOT (...) would drop the tasks without a due date (NULL)
+            conditions.append(or_(t.c.completed.is_(True), t.c.due_date.is_(None), t.c.due_date >= now))
+    if shape.has_due_date is not None:
+        conditions.append(t.c.due_date.is_not(None) if shape.has_due_date else t.c.due_date.is_(None))
     return conditions
 
 
@@ -174,6 +207,35 @@ DELETE_OWNED_TASK = (
 
 def owned(principal: Principal, task_id: int) -> dict[str, Any]:
     return {"task_id": task_id, "user_id": principal.user_id}
+
+
+# Complete (or un-complete) in one statement: only a row that changes, and only forwards in time, so
+# updated_at moves exactly when the task does and never backwards (else the service's general path).
+# Its parameters are not named after columns: an UPDATE reserves those names for its SET clause.
+SET_COMPLETED = (
+    update(t)
+    .where(
+        t.c.id == bindparam("target_id"),
+        t.c.user_id == bindparam("owner_id"),
+        t.c.completed != bindparam("new_completed"),
+        t.c.updated_at < bindparam("changed_at", type_=t.c.updated_at.type),
+    )
+    .values(completed=bindparam("new_completed"), updated_at=bindparam("changed_at", type_=t.c.updated_at.type))
+    .returning(*TASK_COLUMNS)
+)
+
+
+def completion(principal: Principal, task_id: int, completed: bool, now: datetime) -> dict[str, Any]:
+    return {"target_id": task_id, "owner_id": principal.user_id, "new_completed": completed, "changed_at": now}
+
+
+_OWNED_MANY = (t.c.id.in_(bindparam("task_ids", expanding=True)), t.c.user_id == bindparam("user_id"))
+OWNED_TASKS_FOR_UPDATE = select(*TASK_COLUMNS).where(*_OWNED_MANY).with_for_update()
+DELETE_OWNED_TASKS = delete(t).where(*_OWNED_MANY)
+
+
+def owned_many(principal: Principal, task_ids: list[int]) -> dict[str, Any]:
+    return {"task_ids": task_ids, "user_id": principal.user_id}
 
 
 def _insert_within_quota() -> Insert:

@@ -4,7 +4,7 @@ Services take the request's `Database` and the verified `Principal`, then keywor
 the shapes of backend/schemas.py; they raise `DomainError`s and never see HTTP or GraphQL.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend.db import Database
-from backend.errors import Forbidden, NotFound, PreconditionFailed, QuotaExceeded
+from backend.errors import Forbidden, InvalidInput, NotFound, PreconditionFailed, QuotaExceeded
 from backend.models import tasks_table, utcnow
 from backend.principal import Principal
 from backend.schemas import TaskCreate, TaskListQuery, TaskPublic, TaskUpdate, VersionCheck
@@ -22,6 +22,7 @@ from backend.services import idempotency
 from backend.services import task_statements as statements
 from backend.services import users as user_service
 
+BULK_MAX = 100  # ids in one completeTasks / deleteTasks
 # What a write may change; id, user_id and the timestamps belong to the server.
 EDITABLE_FIELDS = {"title", "description", "completed", "priority", "tags", "due_date"}
 
@@ -84,10 +85,11 @@ async def create_task(
 ) -> CreatedTask:
     """Insert the task, unless the owner already has `quota` tasks.
 
-    The owner's user row is created just in time, when the insert finds it missing.
+    The owner's user row is created just in time, when the insert finds it missing. Without an
+    idempotency key the insert is one statement (the quota check included), so it needs no transaction.
     """
     try:
-        async with db.writing() as connection:
+        async with db.writing(one_statement=idempotency_key is None) as connection:
             return await _insert_task(connection, principal, data, quota, idempotency_key)
     except IntegrityError as error:
         if not _owner_missing(error):
@@ -135,6 +137,14 @@ async def complete_task(
     db: Database, principal: Principal, *, task_id: int, completed: bool, expected: VersionCheck | None = None
 ) -> TaskPublic:
     """Set `completed`: a retry changes nothing."""
+    if expected is None:
+        # The common case in one statement, no transaction; when it changes no row (not found, already
+        # so, or a clock that stepped back), the general path below decides.
+        parameters = statements.completion(principal, task_id, completed, utcnow())
+        async with db.writing(one_statement=True) as connection:
+            row = (await connection.execute(statements.SET_COMPLETED, parameters)).one_or_none()
+        if row is not None:
+            return statements.to_tasks([row])[0]
     return await _change_task(db, principal, task_id, lambda _current: {"completed": completed}, expected)
 
 
@@ -154,15 +164,17 @@ async def _change_task(
 ) -> TaskPublic:
     async with db.writing() as connection:
         current = await _owned_task_for_update(connection, principal, task_id, expected)
-        changes = {
-            field: value for field, value in compute_changes(current).items() if getattr(current, field) != value
-        }
-        if not changes:
-            return current  # nothing changed: neither updated_at nor the ETag moves
-        # updated_at strictly increases even if the clock steps back, so every change is visible.
-        changes["updated_at"] = max(utcnow(), current.updated_at + timedelta(microseconds=1))
-        statement = update(tasks_table).where(tasks_table.c.id == task_id).values(**changes)
-        updated = (await connection.execute(statement.returning(*statements.TASK_COLUMNS))).one()
+        return await _apply_changes(connection, current, compute_changes(current))
+
+
+async def _apply_changes(connection: AsyncConnection, current: TaskPublic, proposed: dict[str, Any]) -> TaskPublic:
+    changes = {field: value for field, value in proposed.items() if getattr(current, field) != value}
+    if not changes:
+        return current  # nothing changed: neither updated_at nor the ETag moves
+    # updated_at strictly increases even if the clock steps back, so every change is visible.
+    changes["updated_at"] = max(utcnow(), current.updated_at + timedelta(microseconds=1))
+    statement = update(tasks_table).where(tasks_table.c.id == current.id).values(**changes)
+    updated = (await connection.execute(statement.returning(*statements.TASK_COLUMNS))).one()
     return statements.to_tasks([updated])[0]
 
 
@@ -180,10 +192,54 @@ async def _owned_task_for_update(
     return current
 
 
+# --- Many at once ----------------------------------------------------------------------------------
+
+
+async def complete_tasks(
+    db: Database, principal: Principal, *, task_ids: Sequence[int], completed: bool
+) -> list[TaskPublic]:
+    """Set `completed` on each of the caller's tasks named, in their order; all of them or none."""
+    ids = _distinct(task_ids)
+    async with db.writing() as connection:
+        current = await _owned_tasks_for_update(connection, principal, ids)
+        return [await _apply_changes(connection, current[task_id], {"completed": completed}) for task_id in ids]
+
+
+async def delete_tasks(db: Database, principal: Principal, *, task_ids: Sequence[int]) -> list[int]:
+    """Delete each of the caller's tasks named; all of them or none. Returns the ids deleted."""
+    ids = _distinct(task_ids)
+    async with db.writing() as connection:
+        await _owned_tasks_for_update(connection, principal, ids)
+        await connection.execute(statements.DELETE_OWNED_TASKS, statements.owned_many(principal, ids))
+    return ids
+
+
+def _distinct(task_ids: Sequence[int]) -> list[int]:
+    if len(task_ids) > BULK_MAX:
+        raise InvalidInput(f"At most {BULK_MAX} ids at once", fields=[(("ids",), f"at most {BULK_MAX} ids")])
+    return list(dict.fromkeys(task_ids))
+
+
+async def _owned_tasks_for_update(
+    connection: AsyncConnection, principal: Principal, task_ids: list[int]
+) -> dict[int, TaskPublic]:
+    """The caller's tasks by id, locked; NotFound naming every id that is missing or another user's."""
+    if not task_ids:
+        return {}
+    rows = (
+        await connection.execute(statements.OWNED_TASKS_FOR_UPDATE, statements.owned_many(principal, task_ids))
+    ).all()
+    found = {task.id: task for task in statements.to_tasks(rows)}
+    missing = [task_id for task_id in task_ids if task_id not in found]
+    if missing:
+        raise NotFound(f"No such task: {', '.join(map(str, missing))}", ids=missing)
+    return found
+
+
 async def delete_task(
     db: Database, principal: Principal, *, task_id: int, expected: VersionCheck | None = None
 ) -> None:
-    async with db.writing() as connection:
+    async with db.writing(one_statement=expected is None) as connection:
         if expected is not None:
             await _owned_task_for_update(connection, principal, task_id, expected)
         deleted = await connection.execute(statements.DELETE_OWNED_TASK, statements.owned(principal, task_id))

@@ -34,6 +34,8 @@ from backend.tests.external_servers import FIGURES, pgbouncer
 from backend.tests.factories import TEST_SECRET
 from backend.tokens import JwksCache, TokenVerifier
 
+pytest_plugins = ("backend.tests.graphql_modes",)  # the graphql_modes marker: both GraphQL execution modes
+
 TEST_REQUEST_TIMEOUT = 60.0  # a test's whole database work; the budget itself is tested with pooled connections
 ADMIN_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -219,7 +221,7 @@ class JoinedConnection:
             yield self._connection
 
     @asynccontextmanager
-    async def writing(self) -> AsyncIterator[AsyncConnection]:
+    async def writing(self, *, one_statement: bool = False) -> AsyncIterator[AsyncConnection]:
         async with self._turn, self._connection.begin_nested():
             yield self._connection
 

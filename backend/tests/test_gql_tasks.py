@@ -11,7 +11,8 @@ import pytest
 
 from backend.tests.factories import auth_headers
 
-pytestmark = pytest.mark.single_database
+# Each test with compiled plans and with graphql-core alone, on one database.
+pytestmark = [pytest.mark.single_database, pytest.mark.graphql_modes]
 
 ALICE = auth_headers("alice", email="alice@example.com", name="Alice")
 BOB = auth_headers("bob")

@@ -304,6 +304,18 @@ FILTERS: dict[str, Filter] = {
         {"sort": "DUE_DATE", "order": "ASC"},
         ["Write report", "Buy milk", "call plumber", "Pay rent"],
     ),
+    "due before a day (a date alone is 00:00 UTC)": Filter(
+        {"due_before": "2030-01-02"}, {"dueBefore": "2030-01-02"}, ["Write report"]
+    ),
+    "due at or after an instant": Filter(
+        {"due_after": "2030-01-02T09:00:00Z"}, {"dueAfter": "2030-01-02T09:00:00Z"}, ["Buy milk"]
+    ),
+    "with a due date": Filter({"has_due_date": "true"}, {"hasDueDate": True}, ["Write report", "Buy milk"]),
+    "without a due date": Filter({"has_due_date": "false"}, {"hasDueDate": False}, ["Pay rent", "call plumber"]),
+    "overdue (none: the dates are to come)": Filter({"overdue": "true"}, {"overdue": True}, []),
+    "not overdue": Filter(
+        {"overdue": "false"}, {"overdue": False}, ["Pay rent", "call plumber", "Write report", "Buy milk"]
+    ),
     "second page of two": Filter({"limit": "2", "page": "2"}, {"limit": 2, "page": 2}, ["Write report", "Buy milk"]),
     "beyond the last page": Filter({"limit": "2", "page": "3"}, {"limit": 2, "page": 3}, []),
     "combined": Filter(
