@@ -131,6 +131,23 @@ class ValidationErrorResponse(ErrorResponse):
     )
 
 
+class GraphQLErrorExtensions(BaseModel, extra="allow"):
+    code: str = Field(description="Stable code, the same as REST's `error`", examples=["UNAUTHENTICATED"])
+
+
+class GraphQLError(BaseModel, extra="allow"):
+    message: str = Field(description="What went wrong, for people")
+    extensions: GraphQLErrorExtensions
+
+
+class GraphQLErrorResponse(BaseModel):
+    """A GraphQL request refused as a whole: the spec's response shape, with `data` null or absent."""
+
+    data: None = None
+    errors: list[GraphQLError] = Field(min_length=1)
+    extensions: dict[str, Any] | None = None
+
+
 def _documented(description: str, model: type[BaseModel] = ErrorResponse) -> dict[str, Any]:
     return {"model": model, "description": description}
 
@@ -145,3 +162,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     429: _documented("Rate limit exceeded; see Retry-After"),
     503: _documented("Database unavailable; see Retry-After"),
 }
+
+
+# /graphql answers errors in GraphQL's own shape (CONTRACT.md, "GraphQL for the chatbot").
+GRAPHQL_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _documented("Unparsable, invalid or too complex operation; a body that is not JSON", GraphQLErrorResponse),
+    404: _documented("A GET without a query while GraphiQL is off", GraphQLErrorResponse),
+}
+for _status in (401, 413, 429, 503):
+    GRAPHQL_ERROR_RESPONSES[_status] = _documented(ERROR_RESPONSES[_status]["description"], GraphQLErrorResponse)

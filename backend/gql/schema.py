@@ -37,7 +37,7 @@ from backend.gql.extensions import (
 )
 from backend.gql.resolvers import Mutation, Query
 from backend.gql.types import DateTime
-from backend.http_errors import ERROR_RESPONSES, graphql_error_body
+from backend.http_errors import GRAPHQL_ERROR_RESPONSES, graphql_error_body
 
 
 class TodoSchema(strawberry.Schema):
@@ -112,7 +112,7 @@ def create_graphql_router(settings: Settings) -> GraphQLRouter[Any, None]:
         graphql_ide="graphiql" if settings.graphiql_enabled else None,
         tags=["graphql"],
         generate_unique_id_function=_graphql_operation_id,
-        responses={status: ERROR_RESPONSES[status] for status in (400, 401, 413, 429, 503)},
+        responses=GRAPHQL_ERROR_RESPONSES,
     )
     # No subscriptions: Strawberry's websocket endpoint would only be a door that neither
     # authenticates nor rate-limits (its dependencies take an HTTP Request).

@@ -34,6 +34,14 @@ def auth_headers(user_id: str = "alice", **claims: Any) -> dict[str, str]:
     return {"Authorization": f"Bearer {make_token(user_id, **claims)}"}
 
 
+def error_of(body: dict[str, Any]) -> tuple[str, str]:
+    """(code, message) of an error body: REST's {"error", "detail"} or GraphQL's first error."""
+    if "error" in body:  # REST (a 422 lists its field errors under "errors" too)
+        return body["error"], body["detail"]
+    first = body["errors"][0]
+    return first["extensions"]["code"], first["message"]
+
+
 def principal(user_id: str = "alice", *, email: str | None = None, name: str | None = None) -> Principal:
     return Principal(user_id=user_id, email=email or f"{user_id}@example.com", name=name or user_id.title())
 

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.utils import base64url_encode
 
 from backend.tests.conftest import FakeClock
-from backend.tests.factories import make_token
+from backend.tests.factories import error_of, make_token
 
 pytestmark = pytest.mark.single_database
 
@@ -196,7 +196,9 @@ async def graphql(client: httpx.AsyncClient, token: str, query: str) -> httpx.Re
 
 def assert_unauthorized(response: httpx.Response, detail: str) -> None:
     assert response.status_code == 401, response.text
-    assert detail in response.json()["detail"]
+    code, message = error_of(response.json())
+    assert code == "UNAUTHENTICATED"
+    assert detail in message
     assert response.headers["WWW-Authenticate"].startswith('Bearer error="invalid_token"')
 
 

@@ -19,7 +19,7 @@ from backend.principal import PLACEHOLDER_EMAIL_DOMAIN
 from backend.services.users import users_table
 from backend.tests.conftest import make_settings
 from backend.tests.external_servers import serving
-from backend.tests.factories import auth_headers
+from backend.tests.factories import auth_headers, error_of
 
 pytestmark = pytest.mark.single_database
 
@@ -72,9 +72,11 @@ async def stored_tasks(connection: AsyncConnection) -> int:
 def assert_clear_error(response: httpx.Response, status: int) -> None:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert isinstance(body["detail"], str)
-    assert body["detail"]
+    code, message = error_of(response.json())
+    assert isinstance(message, str), response.text
+    assert message, response.text
+    assert isinstance(code, str), response.text
+    assert code, response.text
     assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
@@ -115,7 +117,8 @@ async def test_sql_metacharacters_are_stored_and_searched_literally(
 
 # --- GraphQL ------------------------------------------------------------------------------------
 
-GET_TASK = "query($id: Int!) { task(id: $id) { id } }"
+GET_TASK = "query($id: ID!) { task(id: $id) { id } }"
+LIST_PAGE = "query($limit: Int!) { tasks(limit: $limit) { total } }"
 
 
 def nested(depth: int) -> str:
@@ -125,20 +128,32 @@ def nested(depth: int) -> str:
     return f"{{ me {{ {query} }} }}"
 
 
-# name: (request body, a fragment of the error message)
-GRAPHQL_REJECTIONS: dict[str, tuple[dict[str, Any], str]] = {
-    "too deep": ({"query": nested(4)}, "exceeds maximum operation depth of 10"),
-    "too many aliases": ({"query": "{ " + " ".join(f"a{n}: me {{ id }}" for n in range(31)) + " }"}, "31 aliases"),
-    "too many tokens": ({"query": "{ me { " + "id " * 2100 + "} }"}, "more than 2000 tokens"),
-    "syntax error": ({"query": "{ me { id "}, "Syntax Error"),
-    "huge integer variable": ({"query": GET_TASK, "variables": {"id": 2**40}}, "non 32-bit signed integer"),
-    "huge integer literal": ({"query": "{ task(id: " + HUGE + ") { id } }"}, "non 32-bit signed integer"),
-    "huge integer in a mutation": ({"query": "mutation { deleteTask(id: " + HUGE + ") }"}, "non 32-bit"),
+# name: (request body, extensions.code, a fragment of the error message): refused before anything runs
+GRAPHQL_REJECTIONS: dict[str, tuple[dict[str, Any], str, str]] = {
+    "too deep": ({"query": nested(4)}, "QUERY_TOO_COMPLEX", "exceeds maximum operation depth of 10"),
+    "too many aliases": (
+        {"query": "{ " + " ".join(f"a{n}: me {{ id }}" for n in range(31)) + " }"},
+        "QUERY_TOO_COMPLEX",
+        "31 aliases",
+    ),
+    "too many tokens": ({"query": "{ me { " + "id " * 2100 + "} }"}, "QUERY_TOO_COMPLEX", "more than 2000 tokens"),
+    "syntax error": ({"query": "{ me { id "}, "GRAPHQL_PARSE_FAILED", "Syntax Error"),
+    "huge integer variable": (
+        {"query": LIST_PAGE, "variables": {"limit": 2**40}},
+        "BAD_USER_INPUT",
+        "non 32-bit signed integer",
+    ),
+    "huge integer literal": (
+        {"query": "{ tasks(limit: " + HUGE + ") { total } }"},
+        "GRAPHQL_VALIDATION_FAILED",
+        "non 32-bit signed integer",
+    ),
     "string where an integer goes": (
-        {"query": GET_TASK, "variables": {"id": "1; DROP TABLE tasks"}},
+        {"query": LIST_PAGE, "variables": {"limit": "1; DROP TABLE tasks"}},
+        "BAD_USER_INPUT",
         "Int cannot represent non-integer value",
     ),
-    "unknown field": ({"query": "{ me { password } }"}, "Cannot query field 'password'"),
+    "unknown field": ({"query": "{ me { password } }"}, "GRAPHQL_VALIDATION_FAILED", "Cannot query field 'password'"),
 }
 
 
@@ -146,13 +161,41 @@ GRAPHQL_REJECTIONS: dict[str, tuple[dict[str, Any], str]] = {
 async def test_hostile_graphql_documents_are_400_and_store_nothing(
     client: httpx.AsyncClient, connection: AsyncConnection, case: str
 ) -> None:
-    document, fragment = GRAPHQL_REJECTIONS[case]
+    document, expected_code, fragment = GRAPHQL_REJECTIONS[case]
     response = await client.post("/graphql", json=document, headers=ALICE)
     assert_clear_error(response, 400)
-    assert fragment in response.json()["detail"]
-    assert response.json()["data"] is None
-    assert {error["extensions"]["code"] for error in response.json()["errors"]} == {"BAD_USER_INPUT"}
+    body = response.json()
+    assert fragment in body["errors"][0]["message"]
+    assert body["data"] is None
+    assert {error["extensions"]["code"] for error in body["errors"]} == {expected_code}
     assert await stored_tasks(connection) == 0
+
+
+# name: (request body, the root field): an ID that is no task id is the argument's error, not the request's
+BAD_IDS: dict[str, tuple[dict[str, Any], str]] = {
+    "huge id variable": ({"query": GET_TASK, "variables": {"id": 2**40}}, "task"),
+    "huge id literal": ({"query": "{ task(id: " + HUGE + ") { id } }"}, "task"),
+    "huge id in a mutation": ({"query": "mutation { deleteTask(id: " + HUGE + ") }"}, "deleteTask"),
+    "SQL where an id goes": ({"query": GET_TASK, "variables": {"id": "1; DROP TABLE tasks"}}, "task"),
+    "negative id": ({"query": GET_TASK, "variables": {"id": "-1"}}, "task"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_IDS)
+async def test_ids_that_are_no_task_id_are_bad_user_input_and_change_nothing(
+    client: httpx.AsyncClient, connection: AsyncConnection, case: str
+) -> None:
+    await client.post("/api/tasks", json={"title": "kept"}, headers=ALICE)
+    document, field_name = BAD_IDS[case]
+    response = await client.post("/graphql", json=document, headers=ALICE)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    (error,) = body["errors"]
+    assert error["path"] == [field_name]
+    assert error["extensions"]["code"] == "BAD_USER_INPUT"
+    assert error["extensions"]["fields"] == [{"path": ["id"], "message": "must be a task id: 1-2147483647"}]
+    assert body["data"] is None or body["data"][field_name] is None
+    assert await stored_tasks(connection) == 1
 
 
 GRAPHQL_REQUEST_REJECTIONS: dict[str, dict[str, Any]] = {
@@ -173,14 +216,14 @@ async def test_malformed_graphql_requests_are_400(client: httpx.AsyncClient, cas
     headers = {**ALICE, **keywords.pop("headers", {})}
     response = await client.post("/graphql", headers=headers, **keywords)
     assert_clear_error(response, 400)
-    assert response.json()["error"] == "BAD_REQUEST"
+    assert error_of(response.json())[0] == "BAD_REQUEST"
 
 
 async def test_mutations_over_get_are_refused(client: httpx.AsyncClient, connection: AsyncConnection) -> None:
     query = 'mutation { createTask(input: {title: "via GET"}) { id } }'
     response = await client.get("/graphql", params={"query": query}, headers=ALICE)
     assert_clear_error(response, 400)
-    assert response.json()["detail"] == "mutations are not allowed when using GET"
+    assert error_of(response.json())[1] == "mutations are not allowed when using GET"
     assert await stored_tasks(connection) == 0
 
 

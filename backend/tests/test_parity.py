@@ -169,7 +169,7 @@ INVALID_UPDATES: dict[str, Invalid] = {
     "null completed": Invalid({"completed": None}, {"completed": None}, "completed: may not be null"),
     "null tags": Invalid({"tags": None}, {"tags": None}, "tags: may not be null"),
 }
-UPDATE = "mutation($id: Int!, $input: UpdateTaskInput!) { updateTask(id: $id, input: $input) { id } }"
+UPDATE = "mutation($id: ID!, $input: UpdateTaskInput!) { updateTask(id: $id, input: $input) { id } }"
 
 
 @pytest.mark.parametrize("case", INVALID_UPDATES)
@@ -179,7 +179,7 @@ async def test_an_invalid_update_is_refused_alike_and_changes_nothing(
     invalid = INVALID_UPDATES[case]
     task = await create_task(db, "alice", title="keep", description="kept", tags=["kept"])
     rest = await rest_request(client, "PATCH", f"/api/tasks/{task.id}", invalid.rest)
-    graphql = await graphql_request(client, UPDATE, {"id": task.id, "input": invalid.graphql})
+    graphql = await graphql_request(client, UPDATE, {"id": str(task.id), "input": invalid.graphql})
     assert_refused_alike(rest, graphql, invalid)
     assert await task_service.get_task(db, principal("alice"), task_id=task.id) == task
 
@@ -222,15 +222,16 @@ class Operation(NamedTuple):
 
 
 OPERATIONS: dict[str, Operation] = {
-    "read": Operation("GET", "", None, "query($id: Int!) { task(id: $id) { id } }"),
+    "read": Operation("GET", "", None, "query($id: ID!) { task(id: $id) { id } }"),
     "replace": Operation(
-        "PUT", "", {"title": "stolen"}, 'mutation($id: Int!) { updateTask(id: $id, input: {title: "stolen"}) { id } }'
+        "PUT", "", {"title": "stolen"}, 'mutation($id: ID!) { updateTask(id: $id, input: {title: "stolen"}) { id } }'
     ),
     "update": Operation(
-        "PATCH", "", {"title": "stolen"}, 'mutation($id: Int!) { updateTask(id: $id, input: {title: "stolen"}) { id } }'
+        "PATCH", "", {"title": "stolen"}, 'mutation($id: ID!) { updateTask(id: $id, input: {title: "stolen"}) { id } }'
     ),
-    "complete": Operation("PATCH", "/complete", None, "mutation($id: Int!) { completeTask(id: $id) { id } }"),
-    "delete": Operation("DELETE", "", None, "mutation($id: Int!) { deleteTask(id: $id) }"),
+    "complete": Operation("PATCH", "/complete", None, "mutation($id: ID!) { completeTask(id: $id) { id } }"),
+    "toggle": Operation("PATCH", "/complete", None, "mutation($id: ID!) { toggleTask(id: $id) { id } }"),
+    "delete": Operation("DELETE", "", None, "mutation($id: ID!) { deleteTask(id: $id) }"),
 }
 
 
@@ -243,7 +244,7 @@ async def test_another_users_task_answers_like_a_missing_one(
     answers: dict[str, tuple[httpx.Response, httpx.Response]] = {}
     for whose, task_id in (("theirs", theirs.id), ("missing", theirs.id + 10_000)):
         rest = await rest_request(client, method, f"/api/tasks/{task_id}{suffix}", body)
-        answers[whose] = (rest, await graphql_request(client, document, {"id": task_id}))
+        answers[whose] = (rest, await graphql_request(client, document, {"id": str(task_id)}))
 
     for rest, graphql in answers.values():
         assert rest.status_code == 404, rest.text

@@ -26,7 +26,7 @@ from backend.main import create_app
 from backend.rate_limit import enforce_rate_limit
 from backend.tests.conftest import make_settings
 from backend.tests.external_servers import RedisServer, asgi_client, record_figure, redis_server, serving
-from backend.tests.factories import auth_headers
+from backend.tests.factories import auth_headers, error_of
 
 # Framework pages that carry no data; everything else must draw on the caller's budget.
 # Documentation, the explorers' static files and probes: no data, no token, cheap.
@@ -67,9 +67,11 @@ async def graphql(client: httpx.AsyncClient, user_id: str) -> httpx.Response:
 def assert_limited(response: httpx.Response) -> None:
     assert response.status_code == 429, response.text
     assert 1 <= int(response.headers["Retry-After"]) <= 60
-    body = response.json()
-    assert body["error"] == "RATE_LIMITED"
-    assert body["detail"].startswith("Too many requests")
+    code, message = error_of(response.json())
+    assert code == "RATE_LIMITED"
+    assert message.startswith("Too many requests")
+    if "errors" in response.json():  # GraphQL's body also says when to retry, for a program to read
+        assert response.json()["errors"][0]["extensions"]["retryAfter"] == int(response.headers["Retry-After"])
 
 
 async def test_two_instances_share_one_budget_through_redis(sqlite_url: str, shared_redis: RedisServer) -> None:

@@ -22,7 +22,7 @@ from backend.main import create_app
 from backend.models import tasks_table
 from backend.tests.conftest import create_scratch_database, drop_scratch_database, make_settings, through_pgbouncer
 from backend.tests.external_servers import serving
-from backend.tests.factories import auth_headers
+from backend.tests.factories import auth_headers, error_of
 
 KINDS = ["postgresql", "sqlite", "pgbouncer"]
 MAX_BODY = 64 * 1024
@@ -190,7 +190,7 @@ async def test_bodies_over_64_kib_are_413_and_store_nothing(
     content: Any = body if framing == "content-length" else chunks(body)
     response = await client.post(path, content=content, headers={"Content-Type": "application/json"})
     assert response.status_code == 413, response.text
-    assert response.json()["error"] == "PAYLOAD_TOO_LARGE"
+    assert error_of(response.json())[0] == "PAYLOAD_TOO_LARGE"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert await count_tasks(engine, user) == 0
 

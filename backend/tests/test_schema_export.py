@@ -34,19 +34,67 @@ def test_schema_file_matches_the_code() -> None:
     assert SCHEMA_FILE.read_text() == print_schema(schema) + "\n", "run `make schema` and commit schema.graphql"
 
 
-def test_contract_names_are_present() -> None:
+# CONTRACT.md, "GraphQL for the chatbot": root field -> (its arguments with their types, its type)
+LIST_ARGUMENTS = {
+    "status": "TaskStatus",
+    "priority": "Priority",
+    "tag": "String",
+    "search": "String",
+    "sort": "TaskSort",
+    "order": "SortOrder",
+    "page": "Int",
+    "limit": "Int",
+    "dueBefore": "DateTime",
+    "dueAfter": "DateTime",
+    "overdue": "Boolean",
+    "hasDueDate": "Boolean",
+}
+CONTRACT_QUERIES = {
+    "me": ({}, "User!"),
+    "task": ({"id": "ID!"}, "Task"),
+    "tasks": (LIST_ARGUMENTS, "TaskPage!"),
+}
+CONTRACT_MUTATIONS = {
+    "createTask": ({"input": "CreateTaskInput!"}, "Task!"),
+    "updateTask": ({"id": "ID!", "input": "UpdateTaskInput!", "expectedVersion": "String"}, "Task!"),
+    "completeTask": ({"id": "ID!", "completed": "Boolean", "expectedVersion": "String"}, "Task!"),
+    "toggleTask": ({"id": "ID!", "expectedVersion": "String"}, "Task!"),
+    "deleteTask": ({"id": "ID!", "expectedVersion": "String"}, "Boolean!"),
+    "completeTasks": ({"ids": "[ID!]!", "completed": "Boolean"}, "[Task!]!"),
+    "deleteTasks": ({"ids": "[ID!]!"}, "[ID!]!"),
+}
+
+
+def signatures(root: GraphQLObjectType | None) -> dict[str, tuple[dict[str, str], str]]:
+    assert root is not None
+    return {
+        name: ({arg: str(value.type) for arg, value in field.args.items()}, str(field.type))
+        for name, field in root.fields.items()
+    }
+
+
+def test_contract_names_and_signatures_are_present() -> None:
     assert CONTRACT_TYPES <= set(schema._schema.type_map)
-    query = schema._schema.query_type
+    # "the first version's arguments" may be nullable with a default (null takes the default).
+    queries = signatures(schema._schema.query_type)
+    queries["tasks"] = ({arg: kind.removesuffix("!") for arg, kind in queries["tasks"][0].items()}, "TaskPage!")
+    assert queries == CONTRACT_QUERIES
+    assert signatures(schema._schema.mutation_type) == CONTRACT_MUTATIONS
     mutation = schema._schema.mutation_type
-    assert query is not None
     assert mutation is not None
-    assert set(query.fields) == {"me", "task", "tasks"}
-    assert set(mutation.fields) == {"createTask", "updateTask", "completeTask", "deleteTask"}
-    tasks_args = query.fields["tasks"].args
-    assert set(tasks_args) == {"status", "priority", "tag", "search", "sort", "order", "page", "limit"}
+    for name in ("completeTask", "completeTasks"):  # `completed: Boolean = true`
+        assert mutation.fields[name].args["completed"].default_value is True
     user = schema._schema.type_map["User"]
     assert isinstance(user, GraphQLObjectType)
-    assert set(user.fields["tasks"].args) == set(tasks_args)
+    assert {arg: str(value.type).removesuffix("!") for arg, value in user.fields["tasks"].args.items()} == (
+        LIST_ARGUMENTS
+    )
+    task = schema._schema.type_map["Task"]
+    assert isinstance(task, GraphQLObjectType)
+    assert (str(task.fields["id"].type), str(task.fields["version"].type)) == ("ID!", "String!")
+    create_input = schema._schema.type_map["CreateTaskInput"]
+    assert isinstance(create_input, GraphQLInputObjectType)
+    assert str(create_input.fields["idempotencyKey"].type) == "String"
 
 
 def test_every_type_field_argument_and_enum_value_is_described() -> None:

@@ -12,8 +12,8 @@ from backend.models import tasks_table
 
 CREATE = "mutation($title: String!) { createTask(input: {title: $title}) { id userId completed } }"
 LIST = "{ tasks(limit: 100) { total items { id userId } } }"
-TOGGLE = "mutation($id: Int!) { completeTask(id: $id) { id userId completed } }"
-DELETE = "mutation($id: Int!) { deleteTask(id: $id) }"
+TOGGLE = "mutation($id: ID!) { toggleTask(id: $id) { id userId completed } }"
+DELETE = "mutation($id: ID!) { deleteTask(id: $id) }"
 
 
 @dataclass
@@ -39,15 +39,17 @@ async def run_round_trip(client: httpx.AsyncClient, user_id: str, headers: dict[
         second = await _graphql(trip, client, CREATE, {"title": f"{user_id} graphql"}, "createTask")
         third = await _rest(trip, client, "POST", "/api/tasks", 201, json={"title": f"{user_id} doomed"})
         fourth = await _graphql(trip, client, CREATE, {"title": f"{user_id} doomed"}, "createTask")
+        # GraphQL's ids are ID strings of the same numbers REST shows.
+        second["id"], fourth["id"] = int(second["id"]), int(fourth["id"])
         mine = {first["id"], second["id"], third["id"], fourth["id"]}
         listed = await _rest(trip, client, "GET", "/api/tasks", 200, params={"limit": 100})
         _expect_ids(trip, "REST list", {task["id"] for task in listed}, mine)
         page = await _graphql(trip, client, LIST, {}, "tasks")
-        _expect_ids(trip, "GraphQL list", {task["id"] for task in page["items"]}, mine)
+        _expect_ids(trip, "GraphQL list", {int(task["id"]) for task in page["items"]}, mine)
         toggled = await _rest(trip, client, "PATCH", f"/api/tasks/{first['id']}/complete", 200)
-        toggled_too = await _graphql(trip, client, TOGGLE, {"id": second["id"]}, "completeTask")
+        toggled_too = await _graphql(trip, client, TOGGLE, {"id": str(second["id"])}, "toggleTask")
         await _rest(trip, client, "DELETE", f"/api/tasks/{third['id']}", 204)
-        await _graphql(trip, client, DELETE, {"id": fourth["id"]}, "deleteTask")
+        await _graphql(trip, client, DELETE, {"id": str(fourth["id"])}, "deleteTask")
         trip.kept = {first["id"]: toggled["completed"], second["id"]: toggled_too["completed"]}
     except (httpx.HTTPError, _Unexpected) as exc:
         trip.problems.append(f"{type(exc).__name__}: {exc}")
