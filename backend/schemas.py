@@ -50,6 +50,15 @@ def _clean_text(value: object, *, allow_newlines: bool) -> str:
     return value
 
 
+def single_line_text_problem(value: str) -> str | None:
+    """Why `value` is not single-line text (None when it is), for a value no model holds."""
+    try:
+        _clean_text(value, allow_newlines=False)
+    except PydanticCustomError as refused:
+        return refused.message()
+    return None
+
+
 def _title(value: object) -> str:
     title = _clean_text(value, allow_newlines=False).strip()
     if not title:

@@ -14,7 +14,16 @@ from pydantic import BaseModel, ValidationError
 
 from backend import models, schemas
 from backend.errors import FieldPath, InvalidInput, NotFound, invalid_input
-from backend.schemas import INT32_MAX, TaskCreate, TaskListQuery, TaskPublic, TaskUpdate, UserPublic, VersionCheck
+from backend.schemas import (
+    INT32_MAX,
+    TaskCreate,
+    TaskListQuery,
+    TaskPublic,
+    TaskUpdate,
+    UserPublic,
+    VersionCheck,
+    single_line_text_problem,
+)
 from backend.services import tasks as task_service
 from backend.services.tasks import TaskPage
 
@@ -122,11 +131,17 @@ async def owner(context: "Context", *, user_id: str) -> UserPublic:
 # --- Changing --------------------------------------------------------------------------------------
 
 
+def _idempotency_key_problem(key: str) -> str | None:
+    """REST's header can only carry such keys; GraphQL's string can carry anything JSON can."""
+    if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX:
+        return f"must be 1-{IDEMPOTENCY_KEY_MAX} characters"
+    return single_line_text_problem(key)
+
+
 async def create_task(context: "Context", *, input: Mapping[str, Any]) -> TaskPublic:
     fields = dict(input)
     idempotency_key = fields.pop("idempotency_key", None)
-    if idempotency_key is not None and not 1 <= len(idempotency_key) <= IDEMPOTENCY_KEY_MAX:
-        message = f"must be 1-{IDEMPOTENCY_KEY_MAX} characters"
+    if idempotency_key is not None and (message := _idempotency_key_problem(idempotency_key)):
         raise InvalidInput(f"input.idempotencyKey: {message}", fields=[(("input", "idempotencyKey"), message)])
     data = validated(TaskCreate, fields, at=("input",))
     try:

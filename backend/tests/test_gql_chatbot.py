@@ -1,6 +1,7 @@
 """GraphQL for the chatbot (CONTRACT.md, "GraphQL for the chatbot"): retries, versions, due dates,
 bulk changes, and errors a program can act on."""
 
+import json
 from typing import Any
 
 import httpx
@@ -24,7 +25,9 @@ async def gql(
     headers: dict[str, str] = ALICE,
     status: int = 200,
 ) -> dict[str, Any]:
-    response = await client.post("/graphql", json={"query": query, "variables": variables}, headers=headers)
+    # json.dumps escapes what UTF-8 cannot carry (a lone surrogate), so such input reaches the server
+    body_text = json.dumps({"query": query, "variables": variables})
+    response = await client.post("/graphql", content=body_text, headers=headers | {"Content-Type": "application/json"})
     assert response.status_code == status, response.text
     body: dict[str, Any] = response.json()
     assert set(body) <= {"data", "errors", "extensions"}, body  # nothing else at the top level, ever
@@ -158,11 +161,23 @@ async def test_graphql_and_rest_share_the_keys(client: httpx.AsyncClient) -> Non
 
 
 @pytest.mark.single_database
-@pytest.mark.parametrize("key", ["", "k" * 256])
-async def test_an_idempotency_key_must_be_1_to_255_characters(client: httpx.AsyncClient, key: str) -> None:
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("", "must be 1-255 characters"),
+        ("k" * 256, "must be 1-255 characters"),
+        ("\ud800", "must be valid Unicode text"),
+        ("a\nb", "must not contain control characters"),
+    ],
+)
+async def test_an_idempotency_key_is_1_to_255_characters_of_text(
+    client: httpx.AsyncClient, key: str, message: str
+) -> None:
     body = await gql(client, CREATE_KEYED, {"input": {"title": "x", "idempotencyKey": key}})
     assert code(body) == "BAD_USER_INPUT"
-    assert body["errors"][0]["extensions"]["fields"][0]["path"] == ["input", "idempotencyKey"]
+    assert body["errors"][0]["extensions"]["fields"] == [{"path": ["input", "idempotencyKey"], "message": message}]
+    tasks = await gql(client, "{ tasks { total } }")
+    assert tasks["data"]["tasks"]["total"] == 0
 
 
 async def test_complete_task_sets_and_a_retry_changes_nothing(client: httpx.AsyncClient) -> None:
