@@ -5,6 +5,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import orjson
 import strawberry
 from cross_web import HTTPException as StrawberryHTTPException
 from fastapi import Request
@@ -86,6 +87,12 @@ class TodoGraphQLRouter(GraphQLRouter[Any, None]):
         if result.errors:
             result.errors = [mask_uncoded(error) for error in result.errors]
         return await super().process_result(request, result)
+
+    def encode_json(self, data: object) -> str | bytes:
+        try:
+            return orjson.dumps(data)
+        except TypeError:  # a lone surrogate echoed from the request: json escapes it, orjson refuses it
+            return super().encode_json(data)
 
     def parse_json(self, data: str | bytes) -> Any:
         try:

@@ -56,7 +56,9 @@ _describe_enum(
 
 
 def _serialize_datetime(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if value.tzinfo is not UTC:  # rows arrive in UTC already; converting anyway costs a new object each
+        value = value.astimezone(UTC)
+    return value.isoformat().replace("+00:00", "Z")
 
 
 def _parse_datetime(value: object) -> datetime:

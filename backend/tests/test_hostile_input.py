@@ -154,6 +154,12 @@ GRAPHQL_REJECTIONS: dict[str, tuple[dict[str, Any], str, str]] = {
         "Int cannot represent non-integer value",
     ),
     "unknown field": ({"query": "{ me { password } }"}, "GRAPHQL_VALIDATION_FAILED", "Cannot query field 'password'"),
+    # The message echoes the value; JSON can carry a lone surrogate escaped, UTF-8 cannot carry it raw.
+    "lone surrogate echoed": (
+        {"query": LIST_PAGE, "variables": {"limit": "\ud800"}},
+        "BAD_USER_INPUT",
+        "Int cannot represent non-integer value",
+    ),
 }
 
 
@@ -162,7 +168,8 @@ async def test_hostile_graphql_documents_are_400_and_store_nothing(
     client: httpx.AsyncClient, connection: AsyncConnection, case: str
 ) -> None:
     document, expected_code, fragment = GRAPHQL_REJECTIONS[case]
-    response = await client.post("/graphql", json=document, headers=ALICE)
+    body = json.dumps(document)  # escapes non-ASCII, lone surrogates included (httpx's json= would refuse them)
+    response = await client.post("/graphql", content=body, headers=ALICE | {"Content-Type": "application/json"})
     assert_clear_error(response, 400)
     body = response.json()
     assert fragment in body["errors"][0]["message"]
