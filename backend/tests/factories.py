@@ -1,9 +1,11 @@
 """Test data: plain functions with overridable defaults."""
 
+import json
 import time
 from datetime import datetime
 from typing import Any
 
+import httpx
 import jwt
 
 from backend.db import Database
@@ -40,6 +42,24 @@ def error_of(body: dict[str, Any]) -> tuple[str, str]:
         return body["error"], body["detail"]
     first = body["errors"][0]
     return first["extensions"]["code"], first["message"]
+
+
+async def post_graphql(
+    client: httpx.AsyncClient,
+    query: str,
+    variables: dict[str, Any] | None = None,
+    *,
+    headers: dict[str, str],
+    status: int = 200,
+) -> dict[str, Any]:
+    """POST a GraphQL request, check its status and that its body holds only what the spec allows."""
+    # json.dumps escapes what UTF-8 cannot carry (a lone surrogate), so such input reaches the server
+    body_text = json.dumps({"query": query, "variables": variables or {}})
+    response = await client.post("/graphql", content=body_text, headers=headers | {"Content-Type": "application/json"})
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert set(body) <= {"data", "errors", "extensions"}, body  # nothing else at the top level, ever
+    return body
 
 
 def principal(user_id: str = "alice", *, email: str | None = None, name: str | None = None) -> Principal:

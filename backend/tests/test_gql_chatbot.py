@@ -1,13 +1,12 @@
 """GraphQL for the chatbot (CONTRACT.md, "GraphQL for the chatbot"): retries, versions, due dates,
 bulk changes, and errors a program can act on."""
 
-import json
 from typing import Any
 
 import httpx
 import pytest
 
-from backend.tests.factories import auth_headers
+from backend.tests.factories import auth_headers, post_graphql
 
 pytestmark = pytest.mark.graphql_modes  # each test with compiled plans and with graphql-core alone
 
@@ -25,13 +24,7 @@ async def gql(
     headers: dict[str, str] = ALICE,
     status: int = 200,
 ) -> dict[str, Any]:
-    # json.dumps escapes what UTF-8 cannot carry (a lone surrogate), so such input reaches the server
-    body_text = json.dumps({"query": query, "variables": variables})
-    response = await client.post("/graphql", content=body_text, headers=headers | {"Content-Type": "application/json"})
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert set(body) <= {"data", "errors", "extensions"}, body  # nothing else at the top level, ever
-    return body
+    return await post_graphql(client, query, variables, headers=headers, status=status)
 
 
 def code(body: dict[str, Any]) -> str:

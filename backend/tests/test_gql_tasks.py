@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from backend.tests.factories import auth_headers
+from backend.tests.factories import auth_headers, post_graphql
 
 # Each test with compiled plans and with graphql-core alone, on one database.
 pytestmark = [pytest.mark.single_database, pytest.mark.graphql_modes]
@@ -27,10 +27,7 @@ async def gql(
     headers: dict[str, str] = ALICE,
     expected_status: int = 200,
 ) -> dict[str, Any]:
-    response = await client.post("/graphql", json={"query": query, "variables": variables or {}}, headers=headers)
-    assert response.status_code == expected_status, response.text
-    body: dict[str, Any] = response.json()
-    return body
+    return await post_graphql(client, query, variables, headers=headers, status=expected_status)
 
 
 async def create(client: httpx.AsyncClient, headers: dict[str, str] = ALICE, **fields: Any) -> dict[str, Any]:
