@@ -168,6 +168,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 GRAPHQL_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _documented("Unparsable, invalid or too complex operation; a body that is not JSON", GraphQLErrorResponse),
     404: _documented("A GET without a query while GraphiQL is off", GraphQLErrorResponse),
+    **{
+        status: _documented(ERROR_RESPONSES[status]["description"], GraphQLErrorResponse)
+        for status in (401, 413, 429, 503)
+    },
 }
-for _status in (401, 413, 429, 503):
-    GRAPHQL_ERROR_RESPONSES[_status] = _documented(ERROR_RESPONSES[_status]["description"], GraphQLErrorResponse)

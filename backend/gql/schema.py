@@ -91,7 +91,7 @@ class TodoGraphQLRouter(GraphQLRouter[Any, None]):
     def encode_json(self, data: object) -> str | bytes:
         try:
             return orjson.dumps(data)
-        except TypeError:  # a lone surrogate echoed from the request: json escapes it, orjson refuses it
+        except TypeError:  # text orjson refuses (a lone surrogate): json escapes it, so never a 500
             return super().encode_json(data)
 
     def parse_json(self, data: str | bytes) -> Any:

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from backend.gql.schema import create_graphql_router
 from backend.main import create_app
 from backend.models import tasks_table
 from backend.principal import PLACEHOLDER_EMAIL_DOMAIN
@@ -154,8 +155,8 @@ GRAPHQL_REJECTIONS: dict[str, tuple[dict[str, Any], str, str]] = {
         "Int cannot represent non-integer value",
     ),
     "unknown field": ({"query": "{ me { password } }"}, "GRAPHQL_VALIDATION_FAILED", "Cannot query field 'password'"),
-    # The message echoes the value; JSON can carry a lone surrogate escaped, UTF-8 cannot carry it raw.
-    "lone surrogate echoed": (
+    # JSON can carry a lone surrogate escaped, UTF-8 cannot carry it raw; the message quotes it escaped.
+    "lone surrogate variable": (
         {"query": LIST_PAGE, "variables": {"limit": "\ud800"}},
         "BAD_USER_INPUT",
         "Int cannot represent non-integer value",
@@ -176,6 +177,14 @@ async def test_hostile_graphql_documents_are_400_and_store_nothing(
     assert body["data"] is None
     assert {error["extensions"]["code"] for error in body["errors"]} == {expected_code}
     assert await stored_tasks(connection) == 0
+
+
+def test_a_body_orjson_cannot_encode_is_still_answered_as_json() -> None:
+    # No known path puts a lone surrogate in a body (every text input is checked); if one ever does,
+    # the answer is JSON with it escaped, not a 500.
+    router = create_graphql_router(make_settings("sqlite+aiosqlite:///unused.db"))
+    body = {"data": None, "errors": [{"message": "bad \ud800", "extensions": {"code": "BAD_USER_INPUT"}}]}
+    assert json.loads(router.encode_json(body)) == body
 
 
 # name: (request body, the root field): an ID that is no task id is the argument's error, not the request's
